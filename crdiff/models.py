@@ -1,0 +1,111 @@
+"""Model registry and loading: the paper's models by name, hub ids or local folders, tiny offline stand-ins."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from crdiff import tiny
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """An image size, written `HxW` (height first, as the paper)."""
+
+    height: int
+    width: int
+
+    def __post_init__(self) -> None:
+        for side, value in (("height", self.height), ("width", self.width)):
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0 or value % 8:
+                raise ValueError(f"{side} {value!r} is not a positive multiple of 8 (the VAE factor)")
+
+    @classmethod
+    def parse(cls, text: str | Resolution) -> Resolution:
+        if isinstance(text, Resolution):
+            return text
+        match = re.fullmatch(r"\s*(\d+)\s*[xX×]\s*(\d+)\s*", str(text))
+        if not match:
+            raise ValueError(f"resolution {text!r} is not written HxW (height first), e.g. '400x560'")
+        return cls(int(match[1]), int(match[2]))
+
+    def __str__(self) -> str:
+        return f"{self.height}x{self.width}"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A registered model: where it comes from, its training resolution and the paper's dtype."""
+
+    source: str  # hub id, or "tiny:<kind>" for a stand-in built offline from config
+    resolution: Resolution
+    dtype: str = "fp16"
+
+
+MODELS: dict[str, ModelSpec] = {
+    "sdxl": ModelSpec("stabilityai/stable-diffusion-xl-base-1.0", Resolution(1024, 1024)),
+    "sd15": ModelSpec("runwayml/stable-diffusion-v1-5", Resolution(512, 512)),
+    # The paper treats 512x512 as SD2.1's default although this id is the 768 v-prediction model.
+    "sd21": ModelSpec("stabilityai/stable-diffusion-2-1", Resolution(512, 512)),
+    "tiny-sd15": ModelSpec("tiny:sd15", Resolution(64, 64), "fp32"),
+    "tiny-sd21": ModelSpec("tiny:sd21", Resolution(64, 64), "fp32"),
+    "tiny-sdxl": ModelSpec("tiny:sdxl", Resolution(64, 64), "fp32"),
+}
+
+
+class ModelUnavailableError(RuntimeError):
+    """The weights are not on this machine and may not be downloaded now."""
+
+
+def cache_dir() -> Path:
+    """Where crdiff keeps what it builds (tiny pipelines): `$CRDIFF_CACHE` or ~/.cache/crdiff."""
+    return Path(os.environ.get("CRDIFF_CACHE", Path.home() / ".cache" / "crdiff"))
+
+
+def resolve(name_or_path: str) -> str:
+    """Registry name -> hub id or local folder; a folder or hub id passes through unchanged."""
+    if name_or_path in MODELS:
+        source = MODELS[name_or_path].source
+        if source.startswith("tiny:"):
+            return str(tiny.ensure_saved(source.removeprefix("tiny:"), cache_dir() / "tiny"))
+        return source
+    if Path(name_or_path).is_dir() or re.fullmatch(r"[\w.-]+/[\w.-]+", name_or_path):
+        return name_or_path
+    raise ValueError(
+        f"unknown model {name_or_path!r}; valid choices: {sorted(MODELS)}, a hub id 'org/name', "
+        "or a local folder saved with save_pretrained"
+    )
+
+
+def load_pipeline(
+    name_or_path: str, dtype: str | torch.dtype | None = None, device: str | torch.device = "cpu", **kwargs: Any
+):
+    """Load a text-to-image pipeline through diffusers' `from_pretrained` (hub id or local folder)."""
+    from diffusers import DiffusionPipeline
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    if dtype is None:
+        dtype = MODELS[name_or_path].dtype if name_or_path in MODELS else "fp32"
+    if isinstance(dtype, str):
+        if dtype not in DTYPES:
+            raise ValueError(f"unknown dtype {dtype!r}; valid choices: {sorted(DTYPES)}")
+        dtype = DTYPES[dtype]
+    source = resolve(name_or_path)
+    try:
+        pipe = DiffusionPipeline.from_pretrained(source, dtype=dtype, **kwargs)
+    except (OSError, LocalEntryNotFoundError) as err:
+        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+        raise ModelUnavailableError(
+            f"cannot load {source!r}{' (HF_HUB_OFFLINE=1)' if offline else ''}: {err.__class__.__name__}. "
+            f"Download it once where the hub is reachable: `huggingface-cli download {source}` "
+            "(then run with HF_HUB_OFFLINE=1 on nodes without internet)."
+        ) from None
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)

@@ -1,0 +1,263 @@
+"""Block-wise pruning (BWP), paper §3.1 / method.md §1: target selection, criteria, exact thresholds.
+
+A pruning is described without copying weights: a `PruningPlan` holds, per target module, either a
+magnitude threshold (one scalar; the pruned weight is `w * (|w| > t)`) or a bit-packed keep-mask (for
+criteria that are not a function of |w|). `compute_masks` materialises boolean masks on demand.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+GROUPS: dict[str, str] = {"down": "down_blocks", "mid": "mid_block", "up": "up_blocks"}
+TARGET_TYPES = (nn.Linear, nn.Conv2d)
+
+
+def validate_ratios(ratios: Mapping[str, float]) -> dict[str, float]:
+    """Return `ratios` as a plain dict after checking keys (down/mid/up) and range [0, 1)."""
+    if not isinstance(ratios, Mapping):
+        raise ValueError(f"ratios must be a mapping with keys {list(GROUPS)}, got {ratios!r}")
+    missing = [g for g in GROUPS if g not in ratios]
+    unknown = [g for g in ratios if g not in GROUPS]
+    if missing or unknown:
+        raise ValueError(
+            f"ratios must have exactly the keys {list(GROUPS)}; missing {missing}, unknown {unknown}"
+        )
+    out = {}
+    for group in GROUPS:
+        value = ratios[group]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+            raise ValueError(f"ratio for group '{group}' is {value!r}; valid range is [0, 1)")
+        out[group] = float(value)
+    return out
+
+
+def target_modules(unet: nn.Module) -> dict[str, dict[str, nn.Module]]:
+    """Modules BWP prunes, by group: exact Linear/Conv2d, name has `attn` or `ff`, never `attn2`."""
+    targets: dict[str, dict[str, nn.Module]] = {group: {} for group in GROUPS}
+    for name, module in unet.named_modules():
+        if type(module) not in TARGET_TYPES or "attn2" in name:
+            continue
+        if "attn" not in name and "ff" not in name:
+            continue
+        weight = getattr(module, "weight", None)
+        if weight is None or weight.numel() == 0:
+            continue
+        for group, prefix in GROUPS.items():
+            if name.startswith(prefix):
+                targets[group][name] = module
+    return targets
+
+
+def _int_view_dtype(dtype: torch.dtype) -> torch.dtype:
+    return {2: torch.int16, 4: torch.int32, 8: torch.int64}[torch.empty((), dtype=dtype).element_size()]
+
+
+def _chunks(t: torch.Tensor, size: int = 1 << 24) -> Iterable[torch.Tensor]:
+    flat = t.reshape(-1)
+    for start in range(0, flat.numel(), size):
+        yield flat[start : start + size]
+
+
+def kth_smallest_abs(
+    tensors: list[torch.Tensor] | Callable[[], Iterable[torch.Tensor]], k: int
+) -> torch.Tensor:
+    """Exact k-th smallest |x| (1-based, as `torch.kthvalue`) over many tensors, without concatenating.
+
+    Radix select on the IEEE bit pattern: for x >= 0 the integer view is monotone in the value, so a
+    65,536-bin histogram of each 16-bit digit (most significant first) pins the k-th value exactly in
+    one pass for fp16/bf16 and two for fp32. Extra memory is one chunk plus the histogram.
+    `tensors` may be a callable returning a fresh iterable, so the values can be regenerated per pass.
+    """
+    tensors_of = tensors if callable(tensors) else lambda: tensors
+    meta = [(t.dtype, t.device, t.numel()) for t in tensors_of()]
+    dtype, device, _ = meta[0]
+    if any(m[0] != dtype for m in meta):
+        raise ValueError("all tensors of a group must share one dtype")
+    total = sum(m[2] for m in meta)
+    if not 1 <= k <= total:
+        raise ValueError(f"k={k} outside [1, {total}]")
+    int_dtype = _int_view_dtype(dtype)
+    bits = torch.iinfo(int_dtype).bits
+    prefix = 0
+    for shift in range(bits - 16, -1, -16):
+        hist = torch.zeros(1 << 16, dtype=torch.int64, device=device)
+        for t in tensors_of():
+            for chunk in _chunks(t.detach()):
+                v = chunk.abs().view(int_dtype).to(torch.int64)  # sign bit cleared: v >= 0
+                if shift + 16 < bits:
+                    v = v[(v >> (shift + 16)) == prefix]
+                hist += torch.bincount((v >> shift) & 0xFFFF, minlength=1 << 16)
+        cum = hist.cumsum(0)
+        digit = int(torch.searchsorted(cum, torch.tensor(k, device=cum.device)))
+        k -= int(cum[digit - 1]) if digit > 0 else 0
+        prefix = (prefix << 16) | digit
+    signed = prefix - (1 << bits) if prefix >= 1 << (bits - 1) else prefix
+    return torch.tensor(signed, dtype=int_dtype).view(dtype)
+
+
+@dataclass
+class PruningPlan:
+    """How each target module's pruned weight follows from its dense weight.
+
+    `thresholds[name]`: keep `|w| > t` (magnitude criteria). `packed[name]`: bit-packed keep-mask.
+    """
+
+    ratios: dict[str, float]
+    criterion: str
+    groups: dict[str, list[str]]
+    thresholds: dict[str, torch.Tensor] = field(default_factory=dict)
+    packed: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def names(self) -> list[str]:
+        return [name for names in self.groups.values() for name in names]
+
+    def keep(self, name: str, weight: torch.Tensor) -> torch.Tensor | None:
+        """Boolean keep-mask for module `name` (None: nothing pruned)."""
+        if name in self.thresholds:
+            return weight.abs() > self.thresholds[name].to(weight.device)
+        if name in self.packed:
+            return unpack_bits(self.packed[name].to(weight.device), weight.shape)
+        return None
+
+    def pruned_weight(self, name: str, weight: torch.Tensor) -> torch.Tensor:
+        """The pruned weight `w · mask`, computed from the dense weight (§3.1)."""
+        if name in self.thresholds:  # one line of the method: |w| <= group threshold is pruned
+            return torch.where(weight.abs() > self.thresholds[name].to(weight.device), weight, 0)
+        keep = self.keep(name, weight)
+        return weight if keep is None else torch.where(keep, weight, 0)
+
+
+def pack_bits(mask: torch.Tensor) -> torch.Tensor:
+    """Bool tensor -> uint8 tensor holding 8 mask bits per byte (1/8 of a bool mask)."""
+    flat = mask.reshape(-1)
+    pad = (-flat.numel()) % 8
+    flat = torch.cat([flat, flat.new_zeros(pad)]) if pad else flat
+    weights = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8, device=mask.device)
+    return (flat.view(-1, 8).to(torch.uint8) * weights).sum(1, dtype=torch.uint8)
+
+
+def unpack_bits(packed: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """Inverse of `pack_bits`."""
+    shifts = torch.arange(8, dtype=torch.uint8, device=packed.device)
+    bits = (packed.unsqueeze(1) >> shifts) & 1
+    return bits.reshape(-1)[: math.prod(shape)].view(shape).bool()
+
+
+# ----------------------------------------------------------------------------------------------
+# Criteria: (weights of one group by name, ratio, seed) -> fills the plan. One registry.
+
+Criterion = Callable[[PruningPlan, dict[str, torch.Tensor], float, int], None]
+CRITERIA: dict[str, Criterion] = {}
+
+
+def register_criterion(name: str) -> Callable[[Criterion], Criterion]:
+    def decorator(fn: Criterion) -> Criterion:
+        CRITERIA[name] = fn
+        return fn
+
+    return decorator
+
+
+def num_to_prune(numel: int, ratio: float) -> int:
+    """Paper / REF: the `max(1, int(N * ratio))`-th smallest |w| is the threshold."""
+    return max(1, int(numel * ratio))
+
+
+@register_criterion("magnitude")
+def _magnitude(plan: PruningPlan, weights: dict[str, torch.Tensor], ratio: float, seed: int) -> None:
+    """One threshold per group: the max(1, int(N·ratio))-th smallest |w| over the whole group."""
+    numel = sum(w.numel() for w in weights.values())
+    threshold = kth_smallest_abs(list(weights.values()), num_to_prune(numel, ratio))
+    plan.thresholds.update({name: threshold for name in weights})
+
+
+@register_criterion("magnitude_layerwise")
+def _magnitude_layerwise(plan: PruningPlan, weights: dict[str, torch.Tensor], ratio: float, seed: int) -> None:
+    """One threshold per layer, same rule as `magnitude` applied to each layer alone."""
+    for name, w in weights.items():
+        plan.thresholds[name] = kth_smallest_abs([w], num_to_prune(w.numel(), ratio))
+
+
+@register_criterion("random")
+def _random(plan: PruningPlan, weights: dict[str, torch.Tensor], ratio: float, seed: int) -> None:
+    """Exactly int(N·ratio) weights of the group pruned, uniformly at random (seeded, device-free).
+
+    Every weight gets a uniform float64 score regenerated from (seed, layer index) on the CPU, so no
+    group-sized buffer is held; the n lowest scores are pruned (ties at the cut broken in layer order).
+    """
+    names = list(weights)
+
+    def scores(i: int) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(seed * 1_000_003 + i)
+        return torch.rand(weights[names[i]].numel(), generator=generator, dtype=torch.float64)
+
+    n = int(sum(w.numel() for w in weights.values()) * ratio)
+    if n == 0:
+        return
+    cut = kth_smallest_abs(lambda: (scores(i) for i in range(len(names))), n)
+    ties_to_prune = n - sum(int((scores(i) < cut).sum()) for i in range(len(names)))
+    for i, name in enumerate(names):
+        s = scores(i)
+        keep = s > cut
+        tie = (s == cut).nonzero().squeeze(1)[:ties_to_prune]
+        keep[tie] = False
+        ties_to_prune -= tie.numel()
+        plan.packed[name] = pack_bits(keep.view(weights[name].shape)).to(weights[name].device)
+
+
+def plan_pruning(
+    unet: nn.Module, ratios: Mapping[str, float], criterion: str = "magnitude", seed: int = 0
+) -> PruningPlan:
+    """Validate the arguments and derive the pruning plan of every target module."""
+    ratios = validate_ratios(ratios)
+    if criterion not in CRITERIA:
+        raise ValueError(f"unknown criterion '{criterion}'; valid choices: {sorted(CRITERIA)}")
+    targets = target_modules(unet)
+    plan = PruningPlan(ratios, criterion, {g: list(mods) for g, mods in targets.items()})
+    for index, (group, modules) in enumerate(targets.items()):
+        if ratios[group] == 0 or not modules:  # ratio 0: the group is untouched
+            continue
+        weights = {name: m.weight.detach() for name, m in modules.items()}
+        CRITERIA[criterion](plan, weights, ratios[group], seed + index)
+    return plan
+
+
+def compute_masks(
+    unet: nn.Module, ratios: Mapping[str, float], criterion: str = "magnitude", seed: int = 0
+) -> dict[str, torch.Tensor]:
+    """Keep-masks (True = weight kept) of every target module, keyed by qualified module name."""
+    plan = plan_pruning(unet, ratios, criterion, seed)
+    modules = dict(unet.named_modules())
+    masks = {}
+    for name in plan.names():
+        weight = modules[name].weight.detach()
+        keep = plan.keep(name, weight)
+        masks[name] = torch.ones_like(weight, dtype=torch.bool) if keep is None else keep
+    return masks
+
+
+def sparsity_report(unet: nn.Module, plan: PruningPlan):
+    """Pruned fraction per group and per layer, as a pandas DataFrame (one row per layer + groups)."""
+    import pandas as pd
+
+    modules = dict(unet.named_modules())
+    rows = []
+    for group, names in plan.groups.items():
+        for name in names:
+            weight = modules[name].weight.detach()
+            keep = plan.keep(name, weight)
+            pruned = 0 if keep is None else int((~keep).sum())
+            rows.append({"group": group, "layer": name, "numel": weight.numel(), "pruned": pruned})
+    layers = pd.DataFrame(rows, columns=["group", "layer", "numel", "pruned"])
+    groups = layers.groupby("group", sort=False)[["numel", "pruned"]].sum().reset_index()
+    groups["layer"] = "(group)"
+    table = pd.concat([groups, layers], ignore_index=True)
+    table["ratio"] = table["group"].map(plan.ratios)
+    table["sparsity"] = table["pruned"] / table["numel"].clip(lower=1)
+    return table[["group", "layer", "ratio", "numel", "pruned", "sparsity"]]

@@ -1,0 +1,122 @@
+"""Tiny offline pipelines of the real classes (SD1.5-, SD2.1- and SDXL-like), random weights from config.
+
+They share every code path with the real models: built here, saved with `save_pretrained`, and loaded
+back through `crdiff.load_pipeline` like a hub id. The tokenizer is the real CLIP BPE tokenizer,
+rebuilt from the vocabulary open_clip ships, so prompts tokenize exactly as in Stable Diffusion.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+KINDS = ("sd15", "sd21", "sdxl")
+BUILD_VERSION = "1"  # bump when a builder changes, so cached folders are rebuilt
+
+
+def clip_tokenizer_files(folder: Path) -> None:
+    """Write vocab.json + merges.txt of CLIP's BPE (49,408 tokens) from open_clip's bundled file."""
+    from open_clip.tokenizer import bytes_to_unicode, default_bpe
+
+    merges = gzip.open(default_bpe()).read().decode("utf-8").split("\n")[1 : 49152 - 256 - 2 + 1]
+    chars = list(bytes_to_unicode().values())
+    vocab = chars + [c + "</w>" for c in chars] + ["".join(m.split()) for m in merges]
+    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps({tok: i for i, tok in enumerate(vocab)}))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+
+
+def _tokenizer(pad_token: str = "<|endoftext|>"):
+    from transformers import CLIPTokenizer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        clip_tokenizer_files(Path(tmp))
+        # transformers 5 ignores vocab_file/merges_file in the constructor: load from the folder.
+        return CLIPTokenizer.from_pretrained(tmp, pad_token=pad_token, model_max_length=77)
+
+
+def _text_encoder(with_projection: bool = False, act: str = "quick_gelu"):
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    config = CLIPTextConfig(
+        vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, max_position_embeddings=77, projection_dim=32, hidden_act=act,
+        bos_token_id=49406, eos_token_id=49407, pad_token_id=49407,
+    )
+    return (CLIPTextModelWithProjection if with_projection else CLIPTextModel)(config)
+
+
+def _vae():
+    from diffusers import AutoencoderKL
+
+    # Four levels keep the real vae_scale_factor of 8.
+    return AutoencoderKL(
+        block_out_channels=(8, 16, 16, 16), down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4, latent_channels=4, norm_num_groups=8, sample_size=64,
+    )
+
+
+def build(kind: str, seed: int = 0):
+    """A tiny pipeline of `kind` (sd15 | sd21 | sdxl) with seeded random weights."""
+    from diffusers import (
+        DDIMScheduler, EulerDiscreteScheduler, PNDMScheduler, StableDiffusionPipeline,
+        StableDiffusionXLPipeline, UNet2DConditionModel,
+    )
+
+    if kind not in KINDS:
+        raise ValueError(f"unknown tiny model kind {kind!r}; valid choices: {KINDS}")
+    torch.manual_seed(seed)
+    common = dict(sample_size=8, norm_num_groups=8, layers_per_block=2, block_out_channels=(16, 32, 64))
+    if kind == "sdxl":
+        unet = UNet2DConditionModel(
+            **common, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+            transformer_layers_per_block=(1, 1, 2), attention_head_dim=(2, 4, 8), use_linear_projection=True,
+            cross_attention_dim=64, addition_embed_type="text_time", addition_time_embed_dim=8,
+            projection_class_embeddings_input_dim=6 * 8 + 32,
+        )
+        return StableDiffusionXLPipeline(
+            vae=_vae(), text_encoder=_text_encoder(), text_encoder_2=_text_encoder(True, "gelu"),
+            tokenizer=_tokenizer(), tokenizer_2=_tokenizer(pad_token="!"), unet=unet,
+            scheduler=EulerDiscreteScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                                             timestep_spacing="leading", steps_offset=1),
+        )
+    v_prediction = kind == "sd21"
+    unet = UNet2DConditionModel(
+        **common, down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32,
+        attention_head_dim=(2, 4, 8) if v_prediction else 8, use_linear_projection=v_prediction,
+    )
+    schedule = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, steps_offset=1)
+    scheduler = (DDIMScheduler(**schedule, prediction_type="v_prediction", clip_sample=False)
+                 if v_prediction else PNDMScheduler(**schedule, skip_prk_steps=True))
+    return StableDiffusionPipeline(
+        vae=_vae(), text_encoder=_text_encoder(act="gelu" if v_prediction else "quick_gelu"),
+        tokenizer=_tokenizer(), unet=unet, scheduler=scheduler, safety_checker=None,
+        feature_extractor=None, requires_safety_checker=False,
+    )
+
+
+def ensure_saved(kind: str, root: Path) -> Path:
+    """Folder holding the saved tiny pipeline `kind`; built and saved atomically on first use."""
+    folder = Path(root) / f"{kind}-v{BUILD_VERSION}"
+    if (folder / "model_index.json").exists():
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{kind}-"))
+    try:
+        build(kind).save_pretrained(tmp)
+        os.replace(tmp, folder)
+    except OSError:
+        if not (folder / "model_index.json").exists():  # lost a race with another process: fine
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
