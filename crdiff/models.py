@@ -60,6 +60,51 @@ MODELS: dict[str, ModelSpec] = {
 }
 
 
+# The real UNet architectures (diffusers configs of the hub models), for random-weight benchmarks
+# and parameter counts without a download.
+UNET_CONFIGS: dict[str, dict[str, Any]] = {
+    "sd15": dict(
+        sample_size=64, block_out_channels=(320, 640, 1280, 1280), layers_per_block=2, cross_attention_dim=768,
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3, attention_head_dim=8,
+    ),
+    "sd21": dict(
+        sample_size=96, block_out_channels=(320, 640, 1280, 1280), layers_per_block=2, cross_attention_dim=1024,
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3, attention_head_dim=(5, 10, 20, 20),
+        use_linear_projection=True,
+    ),
+    "sdxl": dict(
+        sample_size=128, block_out_channels=(320, 640, 1280), layers_per_block=2, cross_attention_dim=2048,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        transformer_layers_per_block=(1, 2, 10), attention_head_dim=(5, 10, 20), use_linear_projection=True,
+        addition_embed_type="text_time", addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816,
+    ),
+}
+
+
+def random_unet(name: str, dtype: torch.dtype = torch.float32, device: str = "cpu", seed: int = 0,
+                meta: bool = False):
+    """The real UNet architecture `name` with random N(0, 0.02²) weights (no download), or on `meta`."""
+    from diffusers import UNet2DConditionModel
+
+    if name not in UNET_CONFIGS:
+        raise ValueError(f"unknown UNet config {name!r}; valid choices: {sorted(UNET_CONFIGS)}")
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(**UNET_CONFIGS[name])
+    if meta:
+        return unet
+    unet = unet.to_empty(device=device).to(dtype)
+    generator = torch.Generator(device).manual_seed(seed)
+    with torch.no_grad():
+        for p in unet.parameters():
+            p.normal_(0.0, 0.02, generator=generator)
+        for buffer in unet.buffers():
+            buffer.zero_()
+    return unet.eval()
+
+
 class ModelUnavailableError(RuntimeError):
     """The weights are not on this machine and may not be downloaded now."""
 

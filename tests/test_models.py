@@ -1,0 +1,87 @@
+"""Registry, loading through diffusers' from_pretrained, tiny pipelines, clear errors offline."""
+
+import os
+
+import open_clip
+import pytest
+import torch
+from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+import crdiff
+from crdiff import ModelUnavailableError, Resolution, load_pipeline
+from crdiff.tiny import build
+
+
+def test_registry_has_the_papers_models():
+    assert crdiff.MODELS["sdxl"].source == "stabilityai/stable-diffusion-xl-base-1.0"
+    assert str(crdiff.MODELS["sdxl"].resolution) == "1024x1024"
+    assert crdiff.MODELS["sd15"].source == "runwayml/stable-diffusion-v1-5"
+    assert crdiff.MODELS["sd21"].source == "stabilityai/stable-diffusion-2-1"
+    assert {m.dtype for n, m in crdiff.MODELS.items() if not n.startswith("tiny")} == {"fp16"}
+
+
+@pytest.mark.parametrize("kind,cls", [("sd15", StableDiffusionPipeline), ("sd21", StableDiffusionPipeline),
+                                      ("sdxl", StableDiffusionXLPipeline)])
+def test_tiny_pipeline_round_trips_through_load_pipeline(tiny_pipes, kind, cls):
+    loaded = tiny_pipes(kind)
+    assert type(loaded) is cls
+    built = build(kind).unet.state_dict()
+    assert all(torch.equal(built[n], p) for n, p in loaded.unet.state_dict().items())
+    want = "v_prediction" if kind == "sd21" else "epsilon"
+    assert loaded.scheduler.config.prediction_type == want
+    assert loaded.vae_scale_factor == 8
+
+
+def test_load_pipeline_accepts_a_local_folder_and_dtype(tiny_pipes, tmp_path):
+    tiny_pipes("sd15").save_pretrained(tmp_path)
+    pipe = load_pipeline(str(tmp_path), dtype="bf16")
+    assert pipe.unet.dtype == torch.bfloat16
+
+
+def test_tokenizer_matches_open_clip(tiny_pipes):
+    tokenizer, reference = tiny_pipes("sdxl").tokenizer, open_clip.get_tokenizer("ViT-L-14")
+    assert len(tokenizer) == 49408
+    for prompt in ["A cat holding a sign that says hello world",
+                   "A billboard in Times Square showing the text 'FUTURE IS NOW' in bold neon letters",
+                   "naïve café — 3 dogs!!"]:
+        ids = tokenizer(prompt).input_ids
+        assert ids == reference([prompt])[0][: len(ids)].tolist()
+
+
+def test_unknown_model_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"unknown model 'sd3000'; valid choices: \[.*'sd15'"):
+        load_pipeline("sd3000")
+
+
+def test_missing_hub_model_offline_names_the_fix(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    assert os.environ["HF_HUB_OFFLINE"] == "1"
+    with pytest.raises(ModelUnavailableError, match="huggingface-cli download runwayml/stable-diffusion-v1-5"):
+        load_pipeline("sd15")
+
+
+@pytest.mark.parametrize("text,want", [("400x560", (400, 560)), ("480X360", (480, 360)), (" 8x16 ", (8, 16))])
+def test_resolution_parses_height_first(text, want):
+    res = Resolution.parse(text)
+    assert (res.height, res.width) == want and str(res) == f"{want[0]}x{want[1]}"
+
+
+@pytest.mark.parametrize("text,match", [("401x560", "height 401 is not a positive multiple of 8"),
+                                        ("400x0", "width 0 is not"), ("400", "not written HxW")])
+def test_bad_resolution_raises(text, match):
+    with pytest.raises(ValueError, match=match):
+        Resolution.parse(text)
+
+
+@pytest.mark.parametrize("name,counts", [
+    ("sdxl", {"down": 550_502_400, "mid": 262_144_000, "up": 825_753_600}),
+    ("sd15", {"down": 68_812_800, "mid": 26_214_400, "up": 103_219_200}),
+    ("sd21", {"down": 68_812_800, "mid": 26_214_400, "up": 103_219_200}),
+])
+def test_target_counts_on_real_configs_match_the_paper(name, counts):
+    """method.md §1's table, from the real architectures on the meta device (no weights)."""
+    from crdiff.models import random_unet
+
+    targets = crdiff.target_modules(random_unet(name, meta=True))
+    assert {g: sum(m.weight.numel() for m in mods.values()) for g, mods in targets.items()} == counts
