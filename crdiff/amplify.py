@@ -28,15 +28,16 @@ PRUNE_HOOK = "crdiff_pruned_weight"
 class CRDiffConfig:
     """The method's knobs: block-wise `ratios` {down, mid, up}, `criterion`, amplification `k`.
 
-    `batched=True` evaluates dense and pruned in one UNet call of twice the batch (faster on GPUs,
-    twice the activation memory); the default runs them one after the other.
+    `batched=True` (default) evaluates dense and pruned in one UNet call of twice the batch: faster
+    on CPU and GPU in results/bench, peak memory still <= 1.10x dense there; `batched=False` runs them
+    one after the other (half the activation memory, for very large batches or resolutions).
     """
 
     ratios: Mapping[str, float] = field(default_factory=lambda: {"down": 0.3, "mid": 0.3, "up": 0.3})
     k: float = 1.5
     criterion: str = "magnitude"
     seed: int = 0
-    batched: bool = False
+    batched: bool = True
 
     def __post_init__(self) -> None:
         self.ratios = validate_ratios(self.ratios)
@@ -153,7 +154,7 @@ def apply_crdiff(
     k: float = 1.5,
     criterion: str = "magnitude",
     seed: int = 0,
-    batched: bool = False,
+    batched: bool = True,
     config: CRDiffConfig | None = None,
 ) -> Any:
     """Turn a pipeline (or UNet) into CR-Diff in place: BWP at `ratios` + POA with factor `k`."""

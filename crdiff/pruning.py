@@ -98,7 +98,7 @@ def kth_smallest_abs(
         k -= int(cum[digit - 1]) if digit > 0 else 0
         prefix = (prefix << 16) | digit
     signed = prefix - (1 << bits) if prefix >= 1 << (bits - 1) else prefix
-    return torch.tensor(signed, dtype=int_dtype).view(dtype)
+    return torch.tensor(signed, dtype=int_dtype).view(dtype).to(device)
 
 
 @dataclass
@@ -120,7 +120,7 @@ class PruningPlan:
     def keep(self, name: str, weight: torch.Tensor) -> torch.Tensor | None:
         """Boolean keep-mask for module `name` (None: nothing pruned)."""
         if name in self.thresholds:
-            return weight.abs() > self.thresholds[name].to(weight.device)
+            return weight.abs() > self.thresholds[name]
         if name in self.packed:
             return unpack_bits(self.packed[name].to(weight.device), weight.shape)
         return None
@@ -129,7 +129,7 @@ class PruningPlan:
         """The pruned weight `w · mask`, computed from the dense weight (§3.1)."""
         if name in self.thresholds:
             # §3.1: w · [|w| > t_group]. In-place on one temporary: 2-5x faster than torch.where on CPU.
-            return weight.abs().gt_(self.thresholds[name].to(weight.device)).mul_(weight)
+            return weight.abs().gt_(self.thresholds[name]).mul_(weight)
         keep = self.keep(name, weight)
         return weight if keep is None else torch.where(keep, weight, 0)
 

@@ -1,0 +1,186 @@
+"""Validated dataclasses, one per config group. `crdiff.run` builds them from Hydra; nothing else sees Hydra."""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from crdiff.amplify import CRDiffConfig, validate_k
+from crdiff.models import DTYPES, MODELS, Resolution
+from crdiff.pruning import CRITERIA, GROUPS, validate_ratios
+
+SCHEDULERS = ("ddim", "euler", "euler_a", "dpmpp_2m", "pndm")
+
+
+def _choice(what: str, value: Any, choices) -> None:
+    if value not in choices:
+        raise ValueError(f"{what} is {value!r}; valid choices: {sorted(choices)}")
+
+
+@dataclass
+class ModelConfig:
+    name: str = "tiny-sdxl"
+    dtype: str = "fp32"
+
+    def __post_init__(self) -> None:
+        _choice("model.dtype", self.dtype, DTYPES)
+        if self.name not in MODELS and not Path(self.name).is_dir() and not re.fullmatch(r"[\w.-]+/[\w.-]+", self.name):
+            raise ValueError(f"unknown model {self.name!r}; valid choices: {sorted(MODELS)}, a hub id or a local folder")
+
+
+@dataclass
+class PruningConfig:
+    """`blockwise`: one ratio per group; `uniform`: one `ratio` for all; `none`: nothing pruned."""
+
+    kind: str = "blockwise"
+    criterion: str = "magnitude"
+    ratios: dict[str, float] = field(default_factory=lambda: {g: 0.3 for g in GROUPS})
+    ratio: float | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _choice("pruning.kind", self.kind, ("blockwise", "uniform", "none"))
+        _choice("pruning.criterion", self.criterion, CRITERIA)
+        if self.kind == "uniform":
+            if self.ratio is None:
+                raise ValueError("pruning.kind=uniform needs pruning.ratio in [0, 1)")
+            self.ratios = {g: self.ratio for g in GROUPS}
+        elif self.kind == "none":
+            self.ratios = {g: 0.0 for g in GROUPS}
+        self.ratios = validate_ratios(self.ratios)
+
+
+@dataclass
+class AmplifyConfig:
+    k: float = 1.5
+    batched: bool = True  # speed only: not part of the run key
+
+    def __post_init__(self) -> None:
+        self.k = validate_k(self.k)
+
+
+@dataclass
+class PromptsConfig:
+    kind: str = "builtin"
+    path: str | None = None
+    limit: int | None = None
+
+
+@dataclass
+class SamplerConfig:
+    scheduler: str | None = None  # None: the pipeline's own default (as REF)
+    steps: int = 30
+    guidance: float = 7.5
+    negative_prompt: str = ""
+    seed: int = 0
+    batch_size: int = 4  # speed only: not part of the run key
+
+    def __post_init__(self) -> None:
+        if self.scheduler is not None:
+            _choice("sampler.scheduler", self.scheduler, SCHEDULERS)
+        for name in ("steps", "batch_size"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"sampler.{name} is {getattr(self, name)!r}; it must be a positive integer")
+        if not math.isfinite(self.guidance):
+            raise ValueError(f"sampler.guidance is {self.guidance}; it must be finite")
+
+
+@dataclass
+class ResolutionsConfig:
+    """The model's training (`default`) and the paper's `unseen` resolutions, HxW; `sets` picks which run."""
+
+    default: list[str] = field(default_factory=list)
+    unseen: list[str] = field(default_factory=list)
+    sets: list[str] = field(default_factory=lambda: ["default", "unseen"])
+
+    def __post_init__(self) -> None:
+        for s in self.sets:
+            _choice("resolutions.sets entry", s, ("default", "unseen"))
+        for text in self.default + self.unseen:
+            Resolution.parse(text)
+        if not self.selected():
+            raise ValueError(f"no resolution selected: resolutions.sets={self.sets} with default={self.default}, "
+                             f"unseen={self.unseen}")
+
+    def selected(self) -> list[tuple[str, Resolution]]:
+        """(setting, resolution) pairs in order, e.g. ('unseen', 400x560)."""
+        return [(s, Resolution.parse(t)) for s in self.sets for t in getattr(self, s)]
+
+
+@dataclass
+class WandbConfig:
+    mode: str = "disabled"
+    project: str = "crdiff"
+    entity: str | None = None
+    group: str | None = None
+    tags: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        _choice("wandb.mode", self.mode, ("online", "offline", "disabled"))
+
+
+METHODS = ("dense", "crdiff", "bwp")
+
+
+@dataclass
+class RunConfig:
+    """Everything one `python -m crdiff.run` job needs."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    pruning: PruningConfig = field(default_factory=PruningConfig)
+    amplify: AmplifyConfig = field(default_factory=AmplifyConfig)
+    prompts: PromptsConfig = field(default_factory=PromptsConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    resolutions: ResolutionsConfig = field(default_factory=lambda: ResolutionsConfig(default=["64x64"]))
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    methods: list[str] = field(default_factory=lambda: ["dense", "crdiff"])
+    experiment: str = "default"
+    output_dir: str = "outputs"
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if not self.methods:
+            raise ValueError(f"methods is empty; valid choices: {list(METHODS)}")
+        for m in self.methods:
+            _choice("methods entry", m, METHODS)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunConfig:
+        """Build from a plain (resolved) dict, e.g. `OmegaConf.to_container(cfg, resolve=True)`."""
+        groups = {"model": ModelConfig, "pruning": PruningConfig, "amplify": AmplifyConfig, "prompts": PromptsConfig,
+                  "sampler": SamplerConfig, "resolutions": ResolutionsConfig, "wandb": WandbConfig}
+        known = set(cls.__dataclass_fields__)
+        kwargs = {k: (groups[k](**v) if k in groups else v) for k, v in d.items() if k in known}
+        return cls(**kwargs)
+
+    def method(self, name: str) -> CRDiffConfig | None:
+        """The CR-Diff settings of a method (None = dense)."""
+        if name == "dense":
+            return None
+        k = 1.0 if name == "bwp" else self.amplify.k  # bwp: block-wise pruning alone
+        return CRDiffConfig(self.pruning.ratios, k, self.pruning.criterion, self.pruning.seed, self.amplify.batched)
+
+    def semantic(self, method: str) -> dict[str, Any]:
+        """What changes a method's images (resolution and prompt set are added per job)."""
+        crd = self.method(method)
+        sampler = {k: v for k, v in asdict(self.sampler).items() if k != "batch_size"}
+        return {
+            "model": self.model.name, "dtype": self.model.dtype, "sampler": sampler, "method": method,
+            "crdiff": None if crd is None else {"ratios": crd.ratios, "criterion": crd.criterion, "k": crd.k,
+                                                "seed": crd.seed if crd.criterion == "random" else None},
+        }
+
+    def check_output_dir(self) -> Path:
+        """Create the output folder (or fail clearly) before any heavy work."""
+        out = Path(self.output_dir)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise ValueError(f"output_dir {str(out)!r} cannot be created: {err.strerror}") from None
+        if not os.access(out, os.W_OK | os.X_OK):
+            raise ValueError(f"output_dir {str(out)!r} is not writable")
+        return out

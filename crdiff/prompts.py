@@ -1,0 +1,89 @@
+"""Prompt sets: a small built-in set, any CSV with a `prompt` column, and COCO-5K (method.md §4)."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+# The ratio search's two prompts (method.md §2) first, then everyday scenes in the COCO style.
+BUILTIN = [
+    "A cat holding a sign that says hello world",
+    "A billboard in Times Square showing the text 'FUTURE IS NOW' in bold neon letters",
+    "A man riding a horse on a beach at sunset",
+    "A bowl of fruit on a wooden kitchen table",
+    "A red double-decker bus driving down a city street",
+    "Two dogs playing with a frisbee in a park",
+    "A lighthouse on a rocky coast under a stormy sky",
+    "A plate of pasta with tomatoes and basil",
+]
+
+
+@dataclass(frozen=True)
+class PromptSet:
+    """An ordered list of prompts with stable ids; image i of a run uses prompt i and seed + i."""
+
+    name: str
+    prompts: tuple[str, ...]
+    ids: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if not self.prompts:
+            raise ValueError(f"prompt set '{self.name}' is empty")
+        blank = [i for i, p in enumerate(self.prompts) if not p.strip()]
+        if blank:
+            raise ValueError(f"prompt set '{self.name}' has empty prompts at rows {blank[:10]}")
+        seen: dict[str, int] = {}
+        for i, pid in enumerate(self.ids):
+            if pid in seen:
+                raise ValueError(f"prompt set '{self.name}' has duplicate id {pid!r} (rows {seen[pid]} and {i})")
+            seen[pid] = i
+
+    def digest(self) -> str:
+        """Content hash (ids and texts): a changed prompt set never reuses another's images."""
+        return hashlib.sha256(json.dumps([self.ids, self.prompts]).encode()).hexdigest()[:12]
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+
+def load_prompts(kind: str = "builtin", path: str | None = None, limit: int | None = None) -> PromptSet:
+    """Load a prompt set: `builtin`, or `csv` (columns `prompt` and optional `id`, e.g. coco5k.csv)."""
+    if kind == "builtin":
+        prompts = BUILTIN
+        ids = [f"builtin_{i}" for i in range(len(prompts))]
+        name = "builtin"
+    elif kind == "csv":
+        if not path:
+            raise ValueError("prompts.kind=csv needs prompts.path=<file.csv>")
+        file = Path(path)
+        if not file.is_file():
+            raise ValueError(f"prompt file {str(file)!r} does not exist")
+        with file.open(newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            if "prompt" not in (reader.fieldnames or []):
+                raise ValueError(f"prompt file {str(file)!r} has columns {reader.fieldnames}; it needs a 'prompt' column"
+                                 " (and optionally 'id')")
+            rows = list(reader)
+        prompts = [r["prompt"] for r in rows]
+        ids = [r.get("id") or f"row_{i}" for i, r in enumerate(rows)]
+        name = file.stem
+    else:
+        raise ValueError(f"unknown prompt kind {kind!r}; valid choices: ['builtin', 'csv']")
+    if limit is not None:
+        if limit < 1:
+            raise ValueError(f"prompts.limit is {limit}; it must be a positive integer or null")
+        prompts, ids = prompts[:limit], ids[:limit]
+    return PromptSet(name, tuple(prompts), tuple(ids))
+
+
+def write_prompt_csv(path: str | Path, ids: list[str], prompts: list[str], extra: dict[str, list] | None = None) -> None:
+    """Write a prompt CSV readable by `load_prompts('csv', path)`."""
+    extra = extra or {}
+    with Path(path).open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["id", "prompt", *extra])
+        for i, (pid, prompt) in enumerate(zip(ids, prompts)):
+            writer.writerow([pid, prompt, *(values[i] for values in extra.values())])

@@ -1,0 +1,175 @@
+"""The Hydra entry point: `python -m crdiff.run experiment=smoke` (the only module that sees DictConfig).
+
+One job = every method × resolution of the config over one prompt set. Work items (method,
+resolution, prompt) are split across ranks exactly once; finished images are skipped, so running the
+same command again resumes; rank 0 writes one result row per (method, resolution) key.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from crdiff import distributed
+from crdiff.config import RunConfig
+from crdiff.models import Resolution
+from crdiff.prompts import PromptSet, load_prompts
+from crdiff.pruning import GROUPS
+from crdiff.results import load_table, provenance, run_key, write_row
+
+log = logging.getLogger("crdiff")
+
+
+@dataclass(frozen=True)
+class Job:
+    """One (method, resolution) cell of a table."""
+
+    method: str
+    setting: str  # "default" (training resolution) or "unseen"
+    resolution: Resolution
+    key: str
+    folder: Path
+
+
+@dataclass
+class Plan:
+    run: RunConfig
+    prompts: PromptSet
+    jobs: list[Job]
+    output_dir: Path
+
+
+def plan(run: RunConfig) -> Plan:
+    """Validate everything that can be checked without a model, and lay out the jobs."""
+    out = run.check_output_dir()
+    prompts = load_prompts(run.prompts.kind, run.prompts.path, run.prompts.limit)
+    prompt_key = {"name": prompts.name, "digest": prompts.digest(), "n": len(prompts)}
+    jobs = []
+    for method in run.methods:
+        semantic = {**run.semantic(method), "prompts": prompt_key}
+        images = out / "images" / run.model.name.replace("/", "--") / f"{method}-{run_key(semantic)}"
+        for setting, res in run.resolutions.selected():
+            key = run_key({**semantic, "resolution": str(res)})
+            jobs.append(Job(method, setting, res, key, images / str(res)))
+    return Plan(run, prompts, jobs, out)
+
+
+def generate_all(p: Plan, ranks: distributed.Ranks, device: str) -> dict[str, int]:
+    """This rank's share of the images; the model is loaded only if something is missing."""
+    from crdiff.amplify import apply_crdiff, remove_crdiff
+    from crdiff.models import load_pipeline
+    from crdiff.sampling import generate, is_done, set_scheduler
+
+    seed = p.run.sampler.seed
+    mine = ranks.shard([(job, i) for job in p.jobs for i in range(len(p.prompts))])
+    todo = [(job, i) for job, i in mine if not is_done(job.folder, p.prompts, i, seed)]
+    counts = {"generated": 0, "skipped": len(mine) - len(todo)}
+    if not todo:
+        return counts
+    pipe = load_pipeline(p.run.model.name, p.run.model.dtype, device)
+    set_scheduler(pipe, p.run.sampler.scheduler)
+    for method in p.run.methods:
+        remove_crdiff(pipe)
+        if (crd := p.run.method(method)) is not None:
+            apply_crdiff(pipe, config=crd)
+        for job in (j for j in p.jobs if j.method == method):
+            indices = [i for j, i in todo if j is job]
+            if not indices:
+                continue
+            with tqdm(total=len(indices), desc=f"{method} {job.resolution}", disable=not ranks.is_main) as bar:
+                made, _ = generate(pipe, p.prompts, indices, job.resolution, p.run.sampler, job.folder, bar.update)
+            counts["generated"] += made
+    remove_crdiff(pipe)
+    return counts
+
+
+def row(p: Plan, job: Job, device: str) -> dict[str, Any]:
+    crd = p.run.method(job.method)
+    return {
+        "experiment": p.run.experiment, "model": p.run.model.name, "dtype": p.run.model.dtype,
+        "method": job.method, "setting": job.setting, "resolution": str(job.resolution),
+        "height": job.resolution.height, "width": job.resolution.width,
+        "prompts": p.prompts.name, "prompts_digest": p.prompts.digest(), "n_images": len(p.prompts),
+        "k": None if crd is None else crd.k, "criterion": None if crd is None else crd.criterion,
+        **{f"ratio_{g}": None if crd is None else crd.ratios[g] for g in GROUPS},
+        "steps": p.run.sampler.steps, "guidance": p.run.sampler.guidance, "seed": p.run.sampler.seed,
+        "scheduler": p.run.sampler.scheduler, "image_dir": str(job.folder),
+        "provenance": provenance(device), "metrics": {},
+    }
+
+
+def finalize(p: Plan, device: str, counts: dict[str, int]):
+    """Rank 0 only: result rows, grids, W&B; returns this run's table."""
+    from crdiff.sampling import grid
+    from crdiff.tracking import Tracker
+
+    tracker = Tracker(p.run.wandb, asdict(p.run), f"{p.run.experiment}-{p.run.model.name}", str(p.output_dir))
+    grids = {}
+    for job in p.jobs:
+        write_row(p.output_dir / "results", job.key, row(p, job, device))
+        sheet = grid(job.folder, list(range(min(16, len(p.prompts)))))
+        if sheet is not None:
+            path = p.output_dir / "grids" / f"{job.method}_{job.resolution}_{job.key}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            sheet.save(path)
+            grids[f"grid/{job.method}/{job.resolution}"] = sheet
+    table = load_table(p.output_dir)
+    table = table[table.key.isin([j.key for j in p.jobs])]
+    tracker.log(counts)
+    tracker.log_images(grids)
+    tracker.log_table("results", table)
+    tracker.finish()
+    return table
+
+
+def execute(run: RunConfig) -> dict[str, Any]:
+    """Plan, generate this rank's share, gather once; returns counts (summed over ranks) and the table."""
+    p = plan(run)
+    ranks, device = distributed.init(run.device)
+    try:
+        counts = generate_all(p, ranks, device)
+        if ranks.world > 1:
+            import torch
+            import torch.distributed as dist
+
+            total = torch.tensor([counts["generated"], counts["skipped"]])
+            dist.all_reduce(total)
+            counts = {"generated": int(total[0]), "skipped": int(total[1])}
+        ranks.barrier()
+        table = finalize(p, device, counts) if ranks.is_main else None
+        ranks.barrier()
+    finally:
+        distributed.shutdown()
+    return {**counts, "table": table, "output_dir": str(p.output_dir)}
+
+
+def _hydra_main() -> None:
+    import hydra
+    from omegaconf import OmegaConf
+
+    @hydra.main(version_base="1.3", config_path=str(Path(__file__).resolve().parent.parent / "conf"),
+                config_name="config")
+    def main(cfg) -> None:
+        try:
+            run = RunConfig.from_dict(OmegaConf.to_container(cfg, resolve=True))
+            plan(run)  # every input check, before any model loads
+        except (ValueError, TypeError) as err:
+            print(f"crdiff: error: {err}", file=sys.stderr)
+            sys.exit(2)
+        summary = execute(run)
+        print(f"crdiff: generated {summary['generated']} images, skipped {summary['skipped']} "
+              f"(output_dir={summary['output_dir']})")
+        if summary["table"] is not None and len(summary["table"]):
+            cols = ["method", "setting", "resolution", "n_images", "k", "key"]
+            print(summary["table"][cols].to_string(index=False))
+
+    main()
+
+
+if __name__ == "__main__":
+    _hydra_main()

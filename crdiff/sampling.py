@@ -1,0 +1,102 @@
+"""Generate one image per prompt with per-image seeds; skip what exists; write atomically.
+
+Image i of a prompt set is drawn from `torch.Generator("cpu").manual_seed(seed + i)`, so it depends on
+neither batch size, rank count, device nor method: dense and CR-Diff start from the same noise.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from crdiff.config import SamplerConfig
+from crdiff.models import Resolution
+from crdiff.prompts import PromptSet
+from crdiff.results import atomic_write_bytes, atomic_write_json
+
+log = logging.getLogger(__name__)
+
+
+def set_scheduler(pipe, name: str | None) -> None:
+    """Swap the pipeline's scheduler by name (keeping its noise schedule); None keeps the default."""
+    if name is None:
+        return
+    import diffusers
+
+    classes = {"ddim": diffusers.DDIMScheduler, "euler": diffusers.EulerDiscreteScheduler,
+               "euler_a": diffusers.EulerAncestralDiscreteScheduler,
+               "dpmpp_2m": diffusers.DPMSolverMultistepScheduler, "pndm": diffusers.PNDMScheduler}
+    pipe.scheduler = classes[name].from_config(pipe.scheduler.config)
+
+
+def image_path(folder: Path, index: int) -> Path:
+    return folder / f"{index:05d}.png"
+
+
+def meta_path(folder: Path, index: int) -> Path:
+    return folder / f"{index:05d}.json"
+
+
+def image_meta(prompts: PromptSet, index: int, seed: int) -> dict:
+    return {"index": index, "id": prompts.ids[index], "prompt": prompts.prompts[index], "seed": seed + index}
+
+
+def is_done(folder: Path, prompts: PromptSet, index: int, seed: int) -> bool:
+    """An image counts as done only if its metadata matches and the PNG decodes fully."""
+    image, meta = image_path(folder, index), meta_path(folder, index)
+    if not (image.exists() and meta.exists()):
+        return False
+    try:
+        if json.loads(meta.read_text()) != image_meta(prompts, index, seed):
+            log.warning("%s: metadata does not match this run; regenerating", meta)
+            return False
+        with Image.open(image) as im:
+            im.load()
+        return True
+    except (OSError, ValueError, SyntaxError) as err:
+        log.warning("%s is corrupt (%s); regenerating it", image, err)
+        return False
+
+
+def generate(
+    pipe, prompts: PromptSet, indices: list[int], resolution: Resolution, sampler: SamplerConfig, folder: Path,
+    progress: Callable[[int], None] = lambda n: None,
+) -> tuple[int, int]:
+    """Make the images `indices` of `prompts` into `folder`; returns (generated, skipped)."""
+    todo = [i for i in indices if not is_done(folder, prompts, i, sampler.seed)]
+    progress(len(indices) - len(todo))
+    for start in range(0, len(todo), sampler.batch_size):
+        batch = todo[start : start + sampler.batch_size]
+        images = pipe(
+            prompt=[prompts.prompts[i] for i in batch],
+            negative_prompt=[sampler.negative_prompt] * len(batch),
+            height=resolution.height, width=resolution.width,
+            num_inference_steps=sampler.steps, guidance_scale=sampler.guidance,
+            generator=[torch.Generator("cpu").manual_seed(sampler.seed + i) for i in batch],
+        ).images
+        for i, image in zip(batch, images):
+            buffer = io.BytesIO()
+            image.save(buffer, format="PNG")
+            atomic_write_bytes(image_path(folder, i), buffer.getvalue())
+            atomic_write_json(meta_path(folder, i), image_meta(prompts, i, sampler.seed))  # written last: "done"
+        progress(len(batch))
+    return len(todo), len(indices) - len(todo)
+
+
+def grid(folder: Path, indices: list[int], columns: int = 4) -> Image.Image | None:
+    """A grid of the first images of a job (None if it has none)."""
+    images = [Image.open(image_path(folder, i)).convert("RGB") for i in indices if image_path(folder, i).exists()]
+    if not images:
+        return None
+    w, h = images[0].size
+    rows = -(-len(images) // columns)
+    sheet = Image.new("RGB", (w * min(columns, len(images)), h * rows), "white")
+    for n, image in enumerate(images):
+        sheet.paste(image, ((n % columns) * w, (n // columns) * h))
+    return sheet
