@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 main: install
-	$(BIN)/python -m crdiff.demo
+	$(BIN)/python -m crdiff.run experiment=smoke
 
 test: install
 	$(BIN)/python -m pytest -q

@@ -60,16 +60,20 @@ def plan(run: RunConfig) -> Plan:
 
 
 def generate_all(p: Plan, ranks: distributed.Ranks, device: str) -> dict[str, int]:
-    """This rank's share of the images; the model is loaded only if something is missing."""
+    """This rank's share of the images; the model is loaded only if something is missing.
+
+    Work is cut into fixed batches of `sampler.batch_size` consecutive prompts per job, dealt to ranks
+    in turn: every rank count sees the same batches, so images are bit-identical to one process.
+    """
     from crdiff.amplify import apply_crdiff, remove_crdiff
     from crdiff.models import load_pipeline
     from crdiff.sampling import generate, is_done, set_scheduler
 
-    seed = p.run.sampler.seed
-    mine = ranks.shard([(job, i) for job in p.jobs for i in range(len(p.prompts))])
-    todo = [(job, i) for job, i in mine if not is_done(job.folder, p.prompts, i, seed)]
-    counts = {"generated": 0, "skipped": len(mine) - len(todo)}
-    if not todo:
+    n, size, seed = len(p.prompts), p.run.sampler.batch_size, p.run.sampler.seed
+    batches = ranks.shard([(job, list(range(s, min(s + size, n)))) for job in p.jobs for s in range(0, n, size)])
+    todo = [(job, [i for i in batch if not is_done(job.folder, p.prompts, i, seed)]) for job, batch in batches]
+    counts = {"generated": 0, "skipped": sum(len(b) for _, b in batches) - sum(len(b) for _, b in todo)}
+    if not any(batch for _, batch in todo):
         return counts
     pipe = load_pipeline(p.run.model.name, p.run.model.dtype, device)
     set_scheduler(pipe, p.run.sampler.scheduler)
@@ -78,12 +82,13 @@ def generate_all(p: Plan, ranks: distributed.Ranks, device: str) -> dict[str, in
         if (crd := p.run.method(method)) is not None:
             apply_crdiff(pipe, config=crd)
         for job in (j for j in p.jobs if j.method == method):
-            indices = [i for j, i in todo if j is job]
-            if not indices:
+            mine = [batch for j, batch in todo if j is job and batch]
+            if not mine:
                 continue
-            with tqdm(total=len(indices), desc=f"{method} {job.resolution}", disable=not ranks.is_main) as bar:
-                made, _ = generate(pipe, p.prompts, indices, job.resolution, p.run.sampler, job.folder, bar.update)
-            counts["generated"] += made
+            with tqdm(total=sum(map(len, mine)), desc=f"{method} {job.resolution}", disable=not ranks.is_main) as bar:
+                for batch in mine:
+                    made, _ = generate(pipe, p.prompts, batch, job.resolution, p.run.sampler, job.folder, bar.update)
+                    counts["generated"] += made
     remove_crdiff(pipe)
     return counts
 
@@ -118,8 +123,7 @@ def finalize(p: Plan, device: str, counts: dict[str, int]):
             path.parent.mkdir(parents=True, exist_ok=True)
             sheet.save(path)
             grids[f"grid/{job.method}/{job.resolution}"] = sheet
-    table = load_table(p.output_dir)
-    table = table[table.key.isin([j.key for j in p.jobs])]
+    table = load_table(p.output_dir).set_index("key").loc[[j.key for j in p.jobs]].reset_index()
     tracker.log(counts)
     tracker.log_images(grids)
     tracker.log_table("results", table)
@@ -148,7 +152,8 @@ def execute(run: RunConfig) -> dict[str, Any]:
     return {**counts, "table": table, "output_dir": str(p.output_dir)}
 
 
-def _hydra_main() -> None:
+def cli() -> None:
+    """Console entry point (`crdiff-run`), same as `python -m crdiff.run`."""
     import hydra
     from omegaconf import OmegaConf
 
@@ -172,4 +177,4 @@ def _hydra_main() -> None:
 
 
 if __name__ == "__main__":
-    _hydra_main()
+    cli()

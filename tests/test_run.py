@@ -1,0 +1,237 @@
+"""The Hydra runner: configs compose, smoke end to end, resume, exactly-once sharding, clear errors."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+from PIL import Image
+
+from crdiff.config import RunConfig
+from crdiff.run import execute, plan
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = str(ROOT / "conf")
+EXPERIMENTS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
+
+
+def compose_cfg(*overrides, hydra_config=False):
+    with initialize_config_dir(CONF, version_base="1.3"):
+        return compose("config", overrides=list(overrides), return_hydra_config=hydra_config)
+
+
+def compose_run(*overrides) -> RunConfig:
+    return RunConfig.from_dict(OmegaConf.to_container(compose_cfg(*overrides), resolve=True))
+
+
+def images(out: Path) -> dict[str, np.ndarray]:
+    return {str(p.relative_to(out)): np.asarray(Image.open(p)) for p in sorted(out.glob("images/**/*.png"))}
+
+
+def cli(*args, cwd=ROOT, **kwargs):
+    return subprocess.run([sys.executable, "-m", "crdiff.run", *args], cwd=cwd, env=ENV, capture_output=True,
+                          text=True, timeout=600, **kwargs)
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_composes(experiment):
+    run = compose_run(f"experiment={experiment}")
+    assert run.experiment == experiment and run.methods
+
+
+@pytest.mark.parametrize("model,unseen", [
+    ("sdxl", ["512x512", "400x560", "480x360"]), ("sd15", ["400x560", "480x360", "768x768"]),
+    ("sd21", ["400x560", "480x360", "768x768"]),
+])
+def test_table_experiments_use_the_papers_resolutions(model, unseen):
+    run = compose_run(f"experiment=table_a_{model}")
+    assert run.model.name == model and run.model.dtype == "fp16"
+    assert [(s, str(r)) for s, r in run.resolutions.selected()] == [("unseen", u) for u in unseen]
+    b = compose_run("experiment=table_b", f"model={model}")
+    assert [str(r) for _, r in b.resolutions.selected()] == ["1024x1024" if model == "sdxl" else "512x512"]
+
+
+def test_sweeps_and_launchers_compose():
+    cfg = compose_cfg("experiment=sweep_k", "hydra/launcher=slurm", hydra_config=True)
+    assert "amplify.k" in cfg.hydra.sweeper.params
+    assert cfg.hydra.launcher._target_.endswith("SlurmLauncher") and cfg.hydra.launcher.gpus_per_node == 1
+    assert compose_cfg("hydra/launcher=joblib_cpu", hydra_config=True).hydra.launcher.n_jobs == 2
+    assert compose_cfg("experiment=table_b", hydra_config=True).hydra.sweeper.params.model == "sdxl,sd15,sd21"
+
+
+def test_run_key_ignores_speed_only_settings():
+    a = plan(compose_run("experiment=smoke", "output_dir=/tmp/x"))
+    b = plan(compose_run("experiment=smoke", "output_dir=/tmp/x", "sampler.batch_size=1", "amplify.batched=false",
+                         "wandb=offline", "device=cpu"))
+    c = plan(compose_run("experiment=smoke", "output_dir=/tmp/x", "amplify.k=2.0"))
+    assert [j.key for j in a.jobs] == [j.key for j in b.jobs]
+    dense = [j.key for j in a.jobs if j.method == "dense"]
+    assert dense == [j.key for j in c.jobs if j.method == "dense"]  # dense does not depend on k
+    assert set(a.jobs[i].key for i in range(len(a.jobs))) & set(j.key for j in c.jobs if j.method == "crdiff") == set()
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    out = tmp_path_factory.mktemp("smoke")
+    summary = execute(compose_run("experiment=smoke", f"output_dir={out}"))
+    return out, summary
+
+
+def test_smoke_end_to_end_then_rerun_does_nothing(smoke):
+    out, summary = smoke
+    assert summary["generated"] == 2 * 3 * 4 and summary["skipped"] == 0
+    table = summary["table"]
+    assert list(table.method) == ["dense"] * 3 + ["crdiff"] * 3
+    assert list(table.resolution) == ["64x64", "40x72", "96x96"] * 2
+    assert list(table.setting) == ["default", "unseen", "unseen"] * 2
+    assert (table.n_images == 4).all() and len(list((out / "grids").glob("*.png"))) == 6
+    for _, row in table.iterrows():
+        pngs = sorted(Path(row.image_dir).glob("*.png"))
+        assert len(pngs) == 4 and Image.open(pngs[0]).size == (row.width, row.height)
+    rerun = execute(compose_run("experiment=smoke", f"output_dir={out}"))
+    assert rerun["generated"] == 0 and rerun["skipped"] == 24
+
+
+def test_dense_and_crdiff_share_noise_but_differ(smoke):
+    out, summary = smoke
+    dense, crd = summary["table"].image_dir[0], summary["table"].image_dir[3]
+    meta = [json.loads((Path(d) / "00001.json").read_text()) for d in (dense, crd)]
+    assert meta[0] == meta[1] and meta[0]["seed"] == 1
+    assert not np.array_equal(np.asarray(Image.open(Path(dense) / "00001.png")),
+                              np.asarray(Image.open(Path(crd) / "00001.png")))
+
+
+def test_same_config_twice_gives_identical_images(smoke, tmp_path):
+    out, _ = smoke
+    execute(compose_run("experiment=smoke", f"output_dir={tmp_path}"))
+    want, got = images(out), images(tmp_path)
+    assert want.keys() == got.keys() and all(np.array_equal(want[k], got[k]) for k in want)
+
+
+def test_batch_size_changes_only_float_rounding(smoke, tmp_path):
+    out, _ = smoke
+    execute(compose_run("experiment=smoke", f"output_dir={tmp_path}", "sampler.batch_size=3"))
+    want, got = images(out), images(tmp_path)
+    assert want.keys() == got.keys()
+    diff = np.stack([np.abs(want[k].astype(int) - got[k].astype(int)) for k in want if want[k].shape == (64, 64, 3)])
+    assert diff.max() <= 1 and (diff > 0).mean() < 1e-3
+
+
+def test_corrupt_image_is_regenerated(smoke, tmp_path):
+    out, summary = smoke
+    execute(compose_run("experiment=smoke", f"output_dir={tmp_path}"))
+    victim = Path(summary["table"].image_dir[4].replace(str(out), str(tmp_path))) / "00002.png"
+    victim.write_bytes(victim.read_bytes()[:100])
+    rerun = execute(compose_run("experiment=smoke", f"output_dir={tmp_path}"))
+    assert rerun["generated"] == 1
+    assert np.array_equal(np.asarray(Image.open(victim)), images(out)[str(victim.relative_to(tmp_path))])
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["resolutions.unseen=[401x560]"], "height 401 is not a positive multiple of 8"),
+    (["pruning.ratios.up=1.2"], r"ratio for group 'up' is 1.2; valid range is \[0, 1\)"),
+    (["amplify.k=inf"], "k is inf; valid range is any finite real number"),
+    (["methods=[dense,freeu]"], "methods entry is 'freeu'; valid choices"),
+    (["prompts=csv", "prompts.path=/nonexistent.csv"], "does not exist"),
+    (["output_dir=/proc/crdiff"], "cannot be created"),
+])
+def test_bad_input_is_one_clear_error(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        plan(compose_run("experiment=smoke", *overrides))
+
+
+@pytest.mark.parametrize("content,message", [
+    ("id,prompt\n", "is empty"),
+    ("id,prompt\na,a cat\nb,   \n", r"empty prompts at rows \[1\]"),
+    ("id,prompt\na,a cat\na,a dog\n", "duplicate id 'a'"),
+    ("id,text\na,a cat\n", "needs a 'prompt' column"),
+])
+def test_bad_prompt_files(tmp_path, content, message):
+    path = tmp_path / "p.csv"
+    path.write_text(content)
+    with pytest.raises(ValueError, match=message):
+        plan(compose_run("experiment=smoke", "prompts=csv", f"prompts.path={path}", f"output_dir={tmp_path}"))
+
+
+def test_cli_bad_input_exits_nonzero_before_loading(tmp_path):
+    done = cli("experiment=smoke", "pruning.ratios.down=-0.5", f"output_dir={tmp_path}")
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1] == "crdiff: error: ratio for group 'down' is -0.5; valid range is [0, 1)"
+    assert "Traceback" not in done.stderr and not (tmp_path / "images").exists()
+    unknown = cli("experiment=smoke", "model=sd3000", f"output_dir={tmp_path}")
+    assert unknown.returncode != 0 and "sd3000" in unknown.stderr and "Traceback" not in unknown.stderr
+    assert cli("experiment=nope").returncode != 0
+
+
+def test_wandb_failure_never_fails_the_run(monkeypatch, tmp_path):
+    import wandb
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("W&B is down")
+
+    monkeypatch.setattr(wandb, "init", broken)
+    summary = execute(compose_run("experiment=smoke", f"output_dir={tmp_path}", "wandb=offline", "prompts.limit=1",
+                                  "resolutions.sets=[default]"))
+    assert summary["generated"] == 2
+
+
+def test_wandb_offline_runs_are_one_per_job(tmp_path):
+    from crdiff.config import WandbConfig
+    from crdiff.tracking import Tracker
+
+    ids = []
+    for job in range(2):
+        tracker = Tracker(WandbConfig(mode="offline"), {"job": job}, f"job{job}", str(tmp_path))
+        ids.append(tracker.run.id)
+        tracker.log({"x": job})
+        tracker.finish()
+    assert ids[0] != ids[1] and len(list((tmp_path / "wandb").glob("offline-run-*"))) == 2
+
+
+@pytest.mark.slow
+def test_sigkill_then_rerun_finishes_without_regenerating(tmp_path):
+    args = ["experiment=smoke", f"output_dir={tmp_path}", "prompts.limit=8", "sampler.batch_size=1",
+            "sampler.steps=8"]
+    proc = subprocess.Popen([sys.executable, "-m", "crdiff.run", *args], cwd=ROOT, env=ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while len(list(tmp_path.glob("images/**/*.json"))) < 10 and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = {p: p.stat().st_mtime_ns for p in tmp_path.glob("images/**/*.json")}
+    assert 10 <= len(before) < 48
+    done = cli(*args)
+    assert done.returncode == 0, done.stderr
+    assert f"crdiff: generated {48 - len(before)} images, skipped {len(before)}" in done.stdout
+    assert all(p.stat().st_mtime_ns == t for p, t in before.items())  # nothing made twice
+    pngs = list(tmp_path.glob("images/**/*.png"))
+    assert len(pngs) == 48 and all(Image.open(p).load() is not None or True for p in pngs)
+    assert not list(tmp_path.glob("images/**/.*.tmp"))
+
+
+@pytest.mark.slow
+def test_two_process_torchrun_equals_one_process(tmp_path):
+    # torchrun gives each process one thread; the thread count changes CPU float rounding, so the
+    # one-process reference runs with one thread too.
+    env = {**ENV, "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([sys.executable, "-m", "crdiff.run", "experiment=smoke", f"output_dir={tmp_path / 'one'}"],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "crdiff.run",
+         "experiment=smoke", f"output_dir={tmp_path / 'two'}"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert "crdiff: generated 24 images, skipped 0" in two.stdout
+    want, got = images(tmp_path / "one"), images(tmp_path / "two")
+    assert len(want) == 24 and want.keys() == got.keys() and all(np.array_equal(want[k], got[k]) for k in want)
+    assert len(list((tmp_path / "two" / "results").glob("*.json"))) == 6
