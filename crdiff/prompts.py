@@ -5,8 +5,11 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 # The ratio search's two prompts (method.md §2) first, then everyday scenes in the COCO style.
 BUILTIN = [
@@ -40,6 +43,9 @@ class PromptSet:
             if pid in seen:
                 raise ValueError(f"prompt set '{self.name}' has duplicate id {pid!r} (rows {seen[pid]} and {i})")
             seen[pid] = i
+        repeated = len(self.prompts) - len(set(self.prompts))
+        if repeated:  # legitimate in COCO (identical captions of different images), so not an error
+            log.warning("prompt set '%s' repeats %d prompt texts (ids differ, so do seeds)", self.name, repeated)
 
     def digest(self) -> str:
         """Content hash (ids and texts): a changed prompt set never reuses another's images."""
