@@ -1,0 +1,12 @@
+"""Metrics of the paper's tables behind one interface (method.md §4): update(images, prompts) -> compute().
+
+Every score is reduced through torchmetrics' synced states, so values do not depend on rank count
+or batch size. Each scorer's model is injectable; `build_metric(name, ...)` loads the real one.
+"""
+
+from crdiff.metrics.base import ImageMetric, MetricUnavailableError, MeanScore
+from crdiff.metrics.preprocess import PREPROCESSING, preprocess
+from crdiff.metrics.registry import METRICS, build_metric
+
+__all__ = ["ImageMetric", "METRICS", "MeanScore", "MetricUnavailableError", "PREPROCESSING", "build_metric",
+           "preprocess"]

@@ -1,0 +1,67 @@
+"""Text-image agreement: CLIP score (open_clip, raw cosine as in the paper) and PickScore v1."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from crdiff.metrics.base import MeanScore, unavailable
+
+
+class CLIPScore(MeanScore):
+    """cos(image embedding, text embedding), not clamped and not x100 (paper: ~0.2-0.33)."""
+
+    name = "clip"
+
+    def __init__(self, model=None, preprocess=None, tokenizer=None, arch: str = "ViT-L-14",
+                 pretrained: str | None = "openai", device: str = "cpu") -> None:
+        super().__init__()
+        if model is None:
+            import open_clip
+
+            try:
+                model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=pretrained)
+            except Exception as err:  # noqa: BLE001 - any download failure means the same fix
+                raise unavailable(f"open_clip {arch} ({pretrained})", err) from None
+            tokenizer = open_clip.get_tokenizer(arch)
+        self.model, self.preprocess, self.tokenizer = model.eval().to(device), preprocess, tokenizer
+        self.device = device
+
+    def score(self, images: list[Image.Image], prompts: list[str]) -> torch.Tensor:
+        pixels = torch.stack([self.preprocess(im) for im in images]).to(self.device)
+        image = self.model.encode_image(pixels)
+        text = self.model.encode_text(self.tokenizer(prompts).to(self.device))
+        return F.cosine_similarity(image.float(), text.float(), dim=-1)
+
+
+class PickScore(MeanScore):
+    """PickScore v1: logit_scale.exp() * cos(image, text) of the PickScore CLIP (~18-23 in the paper)."""
+
+    name = "pickscore"
+    MODEL, PROCESSOR = "yuvalkirstain/PickScore_v1", "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
+
+    def __init__(self, model=None, processor=None, model_id: str = MODEL, processor_id: str = PROCESSOR,
+                 device: str = "cpu") -> None:
+        super().__init__()
+        if model is None:
+            from transformers import AutoModel, AutoProcessor
+
+            try:
+                model = AutoModel.from_pretrained(model_id)
+                processor = AutoProcessor.from_pretrained(processor_id)
+            except OSError as err:
+                raise unavailable(f"PickScore ({model_id})", err) from None
+        self.model, self.processor, self.device = model.eval().to(device), processor, device
+
+    def score(self, images: list[Image.Image], prompts: list[str]) -> torch.Tensor:
+        pixels = self.processor(images=images, return_tensors="pt")["pixel_values"].to(self.device)
+        tokens = self.processor(text=prompts, padding=True, truncation=True, max_length=77, return_tensors="pt")
+        image = _features(self.model.get_image_features(pixel_values=pixels))
+        text = _features(self.model.get_text_features(**{k: v.to(self.device) for k, v in tokens.items()}))
+        return self.model.logit_scale.exp() * F.cosine_similarity(image.float(), text.float(), dim=-1)
+
+
+def _features(out) -> torch.Tensor:
+    """transformers 5 returns an output object whose pooler_output is the projected embedding."""
+    return out if isinstance(out, torch.Tensor) else out.pooler_output

@@ -1,0 +1,99 @@
+"""FID and KID through torchmetrics, with the real images' features cached per (reference, preprocessing)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from crdiff.metrics.base import ImageMetric, unavailable
+
+
+def to_uint8(images: list[Image.Image]) -> torch.Tensor:
+    return torch.from_numpy(np.stack([np.asarray(im.convert("RGB")) for im in images])).permute(0, 3, 1, 2)
+
+
+class _FeatureMetric(ImageMetric):
+    """Shared by FID and KID: a torchmetrics metric on uint8 images, reference cached on disk."""
+
+    higher_is_better = False
+    needs_reference = True
+    real_states: tuple[str, ...] = ()
+
+    def __init__(self, metric, feature_name: str, device: str = "cpu") -> None:
+        self.metric, self.feature_name, self.device = metric.to(device), feature_name, device
+
+    def update(self, images: list[Image.Image], prompts: list[str]) -> None:
+        if images:
+            self.metric.update(to_uint8(images).to(self.device), real=False)
+
+    def update_reference(self, images: list[Image.Image]) -> None:
+        if images:
+            self.metric.update(to_uint8(images).to(self.device), real=True)
+
+    def compute(self) -> float:
+        value = self.metric.compute()
+        return float(value[0] if isinstance(value, tuple) else value)
+
+    def reset(self) -> None:
+        self.metric.reset()
+
+    def cache_file(self, cache_dir: Path, reference_key: str) -> Path:
+        key = hashlib.sha256(json.dumps([self.name, self.feature_name, reference_key]).encode()).hexdigest()[:16]
+        return Path(cache_dir) / f"{self.name}-real-{key}.pt"
+
+    def save_reference(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        states = {s: getattr(self.metric, s) for s in self.real_states}
+        torch.save({s: (torch.cat(v) if isinstance(v, list) else v).cpu() for s, v in states.items()}, path)
+
+    def load_reference(self, path: Path) -> None:
+        for s, value in torch.load(path, weights_only=True).items():
+            current = getattr(self.metric, s)
+            setattr(self.metric, s, [value.to(self.device)] if isinstance(current, list) else value.to(self.device))
+
+
+class FID(_FeatureMetric):
+    name = "fid"
+    real_states = ("real_features_sum", "real_features_cov_sum", "real_features_num_samples")
+
+    def __init__(self, feature: nn.Module | int = 2048, feature_name: str = "inception2048", device: str = "cpu"):
+        from torchmetrics.image.fid import FrechetInceptionDistance
+
+        try:
+            metric = FrechetInceptionDistance(feature=feature, reset_real_features=False)
+        except Exception as err:  # noqa: BLE001 - the Inception weights download at construction
+            raise unavailable("FID's Inception-v3 weights (torch-fidelity)", err) from None
+        super().__init__(metric, feature_name, device)
+
+
+class KID(_FeatureMetric):
+    name = "kid"
+    real_states = ("real_features",)
+
+    def __init__(self, feature: nn.Module | int = 2048, feature_name: str = "inception2048", device: str = "cpu",
+                 subsets: int = 100, subset_size: int = 1000):
+        from torchmetrics.image.kid import KernelInceptionDistance
+
+        try:
+            metric = KernelInceptionDistance(feature=feature, subsets=subsets, subset_size=subset_size,
+                                             reset_real_features=False)
+        except Exception as err:  # noqa: BLE001
+            raise unavailable("KID's Inception-v3 weights (torch-fidelity)", err) from None
+        super().__init__(metric, feature_name, device)
+
+    def compute(self) -> float:
+        # KID draws subsets of `subset_size` features; small runs use all of them (one exact subset).
+        n = min(int(sum(f.shape[0] for f in _as_list(getattr(self.metric, s))))
+                for s in ("real_features", "fake_features"))
+        self.metric.subset_size = min(self.metric.subset_size, n)
+        return super().compute()
+
+
+def _as_list(state) -> list[torch.Tensor]:
+    return state if isinstance(state, list) else [state]

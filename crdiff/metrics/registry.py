@@ -1,0 +1,29 @@
+"""Build metrics by name: the real scorers, or `tiny` stand-ins of the same classes (offline)."""
+
+from __future__ import annotations
+
+from crdiff.metrics.base import ImageMetric
+
+METRICS = ("fid", "kid", "clip", "pickscore")
+
+
+def build_metric(name: str, tiny: bool = False, device: str = "cpu", **options) -> ImageMetric:
+    """A fresh metric `name`; `tiny=True` injects random-weight stand-ins of the real model classes."""
+    from crdiff.metrics import clip, fid
+    from crdiff.metrics import tiny as stand_ins
+
+    if name not in METRICS:
+        raise ValueError(f"unknown metric {name!r}; valid choices: {list(METRICS)}")
+    if name in ("fid", "kid"):
+        cls = fid.FID if name == "fid" else fid.KID
+        if tiny:
+            return cls(feature=stand_ins.TinyFeatures(), feature_name="tiny64", device=device, **options)
+        return cls(device=device, **options)
+    if name == "clip":
+        if tiny:
+            model, preprocess, tokenizer = stand_ins.tiny_open_clip()
+            return clip.CLIPScore(model, preprocess, tokenizer, device=device)
+        return clip.CLIPScore(device=device, **options)
+    if tiny:
+        return clip.PickScore(*stand_ins.tiny_pickscore(), device=device)
+    return clip.PickScore(device=device, **options)

@@ -1,0 +1,137 @@
+"""Metrics against independent computations; invariance to batch size and rank count."""
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+from PIL import Image
+from scipy import linalg
+
+from crdiff.metrics import MetricUnavailableError, build_metric, preprocess
+from crdiff.metrics.fid import to_uint8
+from crdiff.metrics.tiny import TinyFeatures, tiny_open_clip
+
+PROMPTS = ["a cat", "a red bus", "two dogs", "a lighthouse", "a bowl of fruit", "a horse", "pasta", "a city"]
+
+
+def random_images(n, seed, size=(40, 72)):
+    rng = np.random.default_rng(seed)
+    return [preprocess(Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8))) for _ in range(n)]
+
+
+def frechet(a: np.ndarray, b: np.ndarray) -> float:
+    mu1, mu2, s1, s2 = a.mean(0), b.mean(0), np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    covmean = linalg.sqrtm(s1 @ s2).real
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1 + s2 - 2 * covmean))
+
+
+def poly_mmd(x: np.ndarray, y: np.ndarray) -> float:
+    d = x.shape[1]
+    k = lambda a, b: (a @ b.T / d + 1) ** 3  # noqa: E731
+    kxx, kyy, kxy = k(x, x), k(y, y), k(x, y)
+    m = x.shape[0]
+    return float((kxx.sum() - np.trace(kxx)) / (m * (m - 1)) + (kyy.sum() - np.trace(kyy)) / (m * (m - 1))
+                 - 2 * kxy.mean())
+
+
+def test_preprocessing_modes():
+    image = Image.new("RGB", (72, 40))
+    assert preprocess(image).size == (256, 256) and preprocess(image, "center_crop_lanczos256").size == (256, 256)
+    with pytest.raises(ValueError, match="unknown preprocessing 'x'; valid choices"):
+        preprocess(image, "x")
+
+
+def test_fid_and_kid_equal_independent_computation():
+    real, fake = random_images(40, 0), random_images(40, 1, (64, 64))
+    features = TinyFeatures()
+    with torch.no_grad():
+        fr, ff = features(to_uint8(real)).numpy(), features(to_uint8(fake)).numpy()
+    fid = build_metric("fid", tiny=True)
+    kid = build_metric("kid", tiny=True, subsets=1)
+    for m in (fid, kid):
+        m.update_reference(real)
+        m.update(fake, PROMPTS * 5)
+    assert fid.compute() == pytest.approx(frechet(fr, ff), rel=1e-6)
+    assert kid.compute() == pytest.approx(poly_mmd(fr, ff), rel=1e-6)
+    same = build_metric("fid", tiny=True)
+    same.update_reference(real)
+    same.update(real, PROMPTS * 5)
+    assert abs(same.compute()) < 1e-6
+
+
+def test_reference_cache_round_trip(tmp_path):
+    real, fake = random_images(12, 0), random_images(12, 1)
+    for name in ("fid", "kid"):
+        first = build_metric(name, tiny=True)
+        first.update_reference(real)
+        path = first.cache_file(tmp_path, "coco5k-digest")
+        first.save_reference(path)
+        first.update(fake, PROMPTS[:6] * 2)
+        second = build_metric(name, tiny=True)
+        second.load_reference(path)
+        second.update(fake, PROMPTS[:6] * 2)
+        assert second.compute() == pytest.approx(first.compute(), rel=1e-9, abs=1e-12)
+
+
+def test_clip_score_is_raw_cosine():
+    images = random_images(4, 2)
+    model, preprocess_fn, tokenizer = tiny_open_clip()
+    with torch.no_grad():
+        a = model.encode_image(torch.stack([preprocess_fn(im) for im in images]))
+        b = model.encode_text(tokenizer(PROMPTS[:4]))
+        want = ((a / a.norm(dim=-1, keepdim=True)) * (b / b.norm(dim=-1, keepdim=True))).sum(-1).mean()
+    metric = build_metric("clip", tiny=True)
+    metric.update(images, PROMPTS[:4])
+    assert metric.compute() == pytest.approx(float(want), rel=1e-5)
+    assert metric.compute() < 0  # not clamped at 0 like torchmetrics' CLIPScore
+
+
+@pytest.mark.parametrize("name", ["clip", "pickscore", "fid"])
+def test_batch_size_invariance(name):
+    images = random_images(8, 3)
+    values = []
+    for batch in (1, 3, 8):
+        metric = build_metric(name, tiny=True)
+        if metric.needs_reference:
+            metric.update_reference(random_images(8, 4))
+        for s in range(0, 8, batch):
+            metric.update(images[s : s + batch], PROMPTS[s : s + batch])
+        values.append(metric.compute())
+    # float32 models: batch composition changes rounding only (~1e-8 relative)
+    assert values[0] == pytest.approx(values[1], rel=1e-6) == pytest.approx(values[2], rel=1e-6)
+
+
+def _rank(rank, world, init, results):
+    torch.distributed.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    images = random_images(8, 3)
+    for name in ("clip", "pickscore", "fid"):
+        metric = build_metric(name, tiny=True)
+        if metric.needs_reference:
+            metric.update_reference(random_images(8, 4)[rank::world])
+        metric.update(images[rank::world], PROMPTS[rank::world])
+        results[f"{name}{rank}"] = metric.compute()
+    torch.distributed.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_rank_count_invariance(tmp_path):
+    results = mp.Manager().dict()
+    mp.spawn(_rank, args=(2, f"file://{tmp_path}/init", results), nprocs=2)
+    for name in ("clip", "pickscore", "fid"):
+        single = build_metric(name, tiny=True)
+        if single.needs_reference:
+            single.update_reference(random_images(8, 4))
+        single.update(random_images(8, 3), PROMPTS)
+        assert results[f"{name}0"] == results[f"{name}1"] == pytest.approx(single.compute(), rel=1e-6)
+
+
+def test_missing_weights_offline_name_the_prefetch_command(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    with pytest.raises(MetricUnavailableError, match="scripts/prefetch_weights.py"):
+        build_metric("pickscore")
+
+
+def test_unknown_metric():
+    with pytest.raises(ValueError, match="unknown metric 'lpips'; valid choices"):
+        build_metric("lpips")
