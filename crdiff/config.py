@@ -123,6 +123,36 @@ class WandbConfig:
         _choice("wandb.mode", self.mode, ("online", "offline", "disabled"))
 
 
+@dataclass
+class MetricsConfig:
+    """Which metrics score each (method, resolution); `tiny` swaps in offline stand-ins of the real classes."""
+
+    names: list[str] = field(default_factory=list)
+    tiny: bool = False
+    preprocessing: str = "stretch256"
+    batch_size: int = 32
+    kid_subset_size: int = 1000
+    clip_arch: str = "ViT-L-14"
+    clip_pretrained: str = "openai"
+
+    def __post_init__(self) -> None:
+        from crdiff.metrics import METRICS, PREPROCESSING
+
+        for name in self.names:
+            _choice("metrics.names entry", name, METRICS)
+        _choice("metrics.preprocessing", self.preprocessing, PREPROCESSING)
+        if self.batch_size < 1:
+            raise ValueError(f"metrics.batch_size is {self.batch_size}; it must be a positive integer")
+
+    @property
+    def needs_reference(self) -> bool:
+        return any(n in ("fid", "kid") for n in self.names)
+
+    def semantic(self) -> dict[str, Any]:
+        """What changes the metric values (not the batch size)."""
+        return {k: v for k, v in asdict(self).items() if k != "batch_size"}
+
+
 METHODS = ("dense", "crdiff", "bwp")
 
 
@@ -137,6 +167,7 @@ class RunConfig:
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     resolutions: ResolutionsConfig = field(default_factory=lambda: ResolutionsConfig(default=["64x64"]))
     wandb: WandbConfig = field(default_factory=WandbConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     methods: list[str] = field(default_factory=lambda: ["dense", "crdiff"])
     experiment: str = "default"
     output_dir: str = "outputs"
@@ -152,7 +183,8 @@ class RunConfig:
     def from_dict(cls, d: dict[str, Any]) -> RunConfig:
         """Build from a plain (resolved) dict, e.g. `OmegaConf.to_container(cfg, resolve=True)`."""
         groups = {"model": ModelConfig, "pruning": PruningConfig, "amplify": AmplifyConfig, "prompts": PromptsConfig,
-                  "sampler": SamplerConfig, "resolutions": ResolutionsConfig, "wandb": WandbConfig}
+                  "sampler": SamplerConfig, "resolutions": ResolutionsConfig, "wandb": WandbConfig,
+                  "metrics": MetricsConfig}
         known = set(cls.__dataclass_fields__)
         kwargs = {k: (groups[k](**v) if k in groups else v) for k, v in d.items() if k in known}
         return cls(**kwargs)

@@ -31,6 +31,7 @@ class PromptSet:
     name: str
     prompts: tuple[str, ...]
     ids: tuple[str, ...]
+    image_paths: tuple[str, ...] | None = None  # real images (FID reference), e.g. COCO-5K
 
     def __post_init__(self) -> None:
         if not self.prompts:
@@ -51,6 +52,11 @@ class PromptSet:
         """Content hash (ids and texts): a changed prompt set never reuses another's images."""
         return hashlib.sha256(json.dumps([self.ids, self.prompts]).encode()).hexdigest()[:12]
 
+    def reference_digest(self) -> str:
+        """Hash of the reference image list (paths and sizes): the key of cached real statistics."""
+        files = [(p, Path(p).stat().st_size) for p in self.image_paths or ()]
+        return hashlib.sha256(json.dumps(files).encode()).hexdigest()[:12]
+
     def __len__(self) -> int:
         return len(self.prompts)
 
@@ -60,7 +66,7 @@ def load_prompts(kind: str = "builtin", path: str | None = None, limit: int | No
     if kind == "builtin":
         prompts = BUILTIN
         ids = [f"builtin_{i}" for i in range(len(prompts))]
-        name = "builtin"
+        images, name = None, "builtin"
     elif kind == "csv":
         if not path:
             raise ValueError("prompts.kind=csv needs prompts.path=<file.csv>")
@@ -75,14 +81,15 @@ def load_prompts(kind: str = "builtin", path: str | None = None, limit: int | No
             rows = list(reader)
         prompts = [r["prompt"] for r in rows]
         ids = [r.get("id") or f"row_{i}" for i, r in enumerate(rows)]
-        name = file.stem
+        images = [r["image_path"] for r in rows] if "image_path" in (reader.fieldnames or []) else None
+        name = file.stem if file.stem != "prompts" else file.parent.name
     else:
         raise ValueError(f"unknown prompt kind {kind!r}; valid choices: ['builtin', 'csv']")
     if limit is not None:
         if limit < 1:
             raise ValueError(f"prompts.limit is {limit}; it must be a positive integer or null")
-        prompts, ids = prompts[:limit], ids[:limit]
-    return PromptSet(name, tuple(prompts), tuple(ids))
+        prompts, ids, images = prompts[:limit], ids[:limit], images[:limit] if images else None
+    return PromptSet(name, tuple(prompts), tuple(ids), tuple(images) if images else None)
 
 
 def write_prompt_csv(path: str | Path, ids: list[str], prompts: list[str], extra: dict[str, list] | None = None) -> None:

@@ -7,6 +7,7 @@ same command again resumes; rank 0 writes one result row per (method, resolution
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from dataclasses import asdict, dataclass
@@ -49,12 +50,19 @@ def plan(run: RunConfig) -> Plan:
     out = run.check_output_dir()
     prompts = load_prompts(run.prompts.kind, run.prompts.path, run.prompts.limit)
     prompt_key = {"name": prompts.name, "digest": prompts.digest(), "n": len(prompts)}
+    if run.metrics.needs_reference:
+        if prompts.image_paths is None:
+            raise ValueError(f"metrics {run.metrics.names} include fid/kid, which need reference images: a prompt "
+                             "CSV with an image_path column (e.g. prompts=coco5k from scripts/prepare_coco5k.py)")
+        missing = [p for p in prompts.image_paths if not Path(p).is_file()]
+        if missing:
+            raise ValueError(f"{len(missing)} reference images are missing, e.g. {missing[0]!r}")
     jobs = []
     for method in run.methods:
         semantic = {**run.semantic(method), "prompts": prompt_key}
         images = out / "images" / run.model.name.replace("/", "--") / f"{method}-{run_key(semantic)}"
         for setting, res in run.resolutions.selected():
-            key = run_key({**semantic, "resolution": str(res)})
+            key = run_key({**semantic, "resolution": str(res), "metrics": run.metrics.semantic()})
             jobs.append(Job(method, setting, res, key, images / str(res)))
     return Plan(run, prompts, jobs, out)
 
@@ -93,7 +101,27 @@ def generate_all(p: Plan, ranks: distributed.Ranks, device: str) -> dict[str, in
     return counts
 
 
-def row(p: Plan, job: Job, device: str) -> dict[str, Any]:
+def existing_metrics(p: Plan, job: Job) -> dict[str, float]:
+    path = p.output_dir / "results" / f"{job.key}.json"
+    return json.loads(path.read_text()).get("metrics", {}) if path.exists() else {}
+
+
+def score_all(p: Plan, ranks: distributed.Ranks, device: str) -> dict[str, dict[str, float]]:
+    """Metrics of every job still missing them; all ranks take part, each on its share of images."""
+    from crdiff.scoring import build_all, score_job
+
+    scores = {job.key: existing_metrics(p, job) for job in p.jobs}
+    todo = [job for job in p.jobs if set(p.run.metrics.names) - set(scores[job.key])]
+    if not todo:
+        return scores
+    metrics = build_all(p.run.metrics, device)
+    mine = ranks.shard(list(range(len(p.prompts))))
+    for job in tqdm(todo, desc="metrics", disable=not ranks.is_main):
+        scores[job.key] = score_job(metrics, p.run.metrics, p.prompts, job.folder, mine, ranks.is_main, ranks.world)
+    return scores
+
+
+def row(p: Plan, job: Job, device: str, scores: dict[str, float]) -> dict[str, Any]:
     crd = p.run.method(job.method)
     return {
         "experiment": p.run.experiment, "model": p.run.model.name, "dtype": p.run.model.dtype,
@@ -104,11 +132,11 @@ def row(p: Plan, job: Job, device: str) -> dict[str, Any]:
         **{f"ratio_{g}": None if crd is None else crd.ratios[g] for g in GROUPS},
         "steps": p.run.sampler.steps, "guidance": p.run.sampler.guidance, "seed": p.run.sampler.seed,
         "scheduler": p.run.sampler.scheduler, "image_dir": str(job.folder),
-        "provenance": provenance(device), "metrics": {},
+        "preprocessing": p.run.metrics.preprocessing, "provenance": provenance(device), "metrics": scores,
     }
 
 
-def finalize(p: Plan, device: str, counts: dict[str, int]):
+def finalize(p: Plan, device: str, counts: dict[str, int], scores: dict[str, dict[str, float]]):
     """Rank 0 only: result rows, grids, W&B; returns this run's table."""
     from crdiff.sampling import grid
     from crdiff.tracking import Tracker
@@ -116,7 +144,7 @@ def finalize(p: Plan, device: str, counts: dict[str, int]):
     tracker = Tracker(p.run.wandb, asdict(p.run), f"{p.run.experiment}-{p.run.model.name}", str(p.output_dir))
     grids = {}
     for job in p.jobs:
-        write_row(p.output_dir / "results", job.key, row(p, job, device))
+        write_row(p.output_dir / "results", job.key, row(p, job, device, scores[job.key]))
         sheet = grid(job.folder, list(range(min(16, len(p.prompts)))))
         if sheet is not None:
             path = p.output_dir / "grids" / f"{job.method}_{job.resolution}_{job.key}.png"
@@ -145,7 +173,8 @@ def execute(run: RunConfig) -> dict[str, Any]:
             dist.all_reduce(total)
             counts = {"generated": int(total[0]), "skipped": int(total[1])}
         ranks.barrier()
-        table = finalize(p, device, counts) if ranks.is_main else None
+        scores = score_all(p, ranks, device)
+        table = finalize(p, device, counts, scores) if ranks.is_main else None
         ranks.barrier()
     finally:
         distributed.shutdown()
@@ -167,10 +196,12 @@ def cli() -> None:
             print(f"crdiff: error: {err}", file=sys.stderr)
             sys.exit(2)
         summary = execute(run)
+        if summary["table"] is None:  # ranks other than 0 report nothing
+            return
         print(f"crdiff: generated {summary['generated']} images, skipped {summary['skipped']} "
               f"(output_dir={summary['output_dir']})")
-        if summary["table"] is not None and len(summary["table"]):
-            cols = ["method", "setting", "resolution", "n_images", "k", "key"]
+        if len(summary["table"]):
+            cols = ["method", "setting", "resolution", "n_images", "k", *run.metrics.names, "key"]
             print(summary["table"][cols].to_string(index=False))
 
     main()

@@ -218,20 +218,66 @@ def test_sigkill_then_rerun_finishes_without_regenerating(tmp_path):
     assert not list(tmp_path.glob("images/**/.*.tmp"))
 
 
+def reference_prompts(tmp_path, n=4) -> Path:
+    """A prompt CSV with real images beside it (random pictures), as prepare_coco5k writes it."""
+    rng = np.random.default_rng(0)
+    rows = ["id,prompt,image_path"]
+    for i in range(n):
+        path = tmp_path / f"real_{i}.png"
+        Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(path)
+        rows.append(f"ref_{i},a picture number {i},{path}")
+    (tmp_path / "prompts.csv").write_text("\n".join(rows) + "\n")
+    return tmp_path / "prompts.csv"
+
+
+# kid_subset_size = n: one exact subset (KID with smaller random subsets depends on the feature order)
+ALL_TINY_METRICS = ["metrics.names=[fid,kid,clip,pickscore]", "metrics.kid_subset_size=4"]
+
+
+def test_metrics_in_rows_and_fid_reference_cached(tmp_path):
+    from crdiff.metrics import build_metric, preprocess
+
+    csv = reference_prompts(tmp_path)
+    args = ["experiment=smoke", "prompts=csv", f"prompts.path={csv}", f"output_dir={tmp_path / 'out'}",
+            "resolutions.sets=[default]", *ALL_TINY_METRICS]
+    first = execute(compose_run(*args))
+    table = first["table"]
+    assert {"fid", "kid", "clip", "pickscore"} <= set(table.columns) and table.fid.notna().all()
+    fid = build_metric("fid", tiny=True)
+    fid.update_reference([preprocess(Image.open(tmp_path / f"real_{i}.png")) for i in range(4)])
+    fid.update([preprocess(Image.open(Path(table.image_dir[0]) / f"{i:05d}.png")) for i in range(4)], ["x"] * 4)
+    assert table.fid[0] == pytest.approx(fid.compute(), rel=1e-9)
+    assert len(list(Path(os.environ["CRDIFF_CACHE"], "reference").glob("fid-real-*.pt"))) >= 1
+    again = execute(compose_run(*args))
+    assert again["generated"] == 0 and again["table"].fid.tolist() == table.fid.tolist()
+
+
+def test_fid_without_reference_images_is_a_clear_error():
+    with pytest.raises(ValueError, match="need reference images: a prompt CSV with an image_path column"):
+        plan(compose_run("experiment=smoke", "metrics.names=[fid]"))
+
+
 @pytest.mark.slow
 def test_two_process_torchrun_equals_one_process(tmp_path):
     # torchrun gives each process one thread; the thread count changes CPU float rounding, so the
     # one-process reference runs with one thread too.
-    env = {**ENV, "OMP_NUM_THREADS": "1"}
-    one = subprocess.run([sys.executable, "-m", "crdiff.run", "experiment=smoke", f"output_dir={tmp_path / 'one'}"],
+    env = {**ENV, "OMP_NUM_THREADS": "1", "CRDIFF_CACHE": os.environ["CRDIFF_CACHE"]}
+    csv = reference_prompts(tmp_path)
+    args = ["-m", "crdiff.run", "experiment=smoke", "prompts=csv", f"prompts.path={csv}", *ALL_TINY_METRICS]
+    one = subprocess.run([sys.executable, *args, f"output_dir={tmp_path / 'one'}", "metrics.preprocessing=center_crop_lanczos256"],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert one.returncode == 0, one.stderr[-3000:]
     two = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "crdiff.run",
-         "experiment=smoke", f"output_dir={tmp_path / 'two'}"],
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *args,
+         f"output_dir={tmp_path / 'two'}", "metrics.preprocessing=center_crop_lanczos256"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert two.returncode == 0, two.stderr[-3000:]
     assert "crdiff: generated 24 images, skipped 0" in two.stdout
     want, got = images(tmp_path / "one"), images(tmp_path / "two")
     assert len(want) == 24 and want.keys() == got.keys() and all(np.array_equal(want[k], got[k]) for k in want)
-    assert len(list((tmp_path / "two" / "results").glob("*.json"))) == 6
+    from crdiff.results import load_table
+
+    a, b = (load_table(tmp_path / d).set_index("key").sort_index() for d in ("one", "two"))
+    assert len(a) == 6 and list(a.index) == list(b.index)
+    for metric in ("fid", "kid", "clip", "pickscore"):
+        np.testing.assert_allclose(a[metric], b[metric], rtol=1e-6, atol=1e-9)

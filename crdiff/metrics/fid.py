@@ -37,7 +37,9 @@ class _FeatureMetric(ImageMetric):
             self.metric.update(to_uint8(images).to(self.device), real=True)
 
     def compute(self) -> float:
-        value = self.metric.compute()
+        with torch.random.fork_rng(devices=[]):  # KID's random subsets: the same on every run and rank
+            torch.manual_seed(0)
+            value = self.metric.compute()
         return float(value[0] if isinstance(value, tuple) else value)
 
     def reset(self) -> None:
@@ -52,10 +54,13 @@ class _FeatureMetric(ImageMetric):
         states = {s: getattr(self.metric, s) for s in self.real_states}
         torch.save({s: (torch.cat(v) if isinstance(v, list) else v).cpu() for s, v in states.items()}, path)
 
-    def load_reference(self, path: Path) -> None:
+    def load_reference(self, path: Path, share: bool = True) -> None:
+        """Load cached real states; `share=False` (ranks other than 0) loads empty ones of the same
+        shape, so the cross-rank sum / concatenation counts the reference exactly once."""
         for s, value in torch.load(path, weights_only=True).items():
-            current = getattr(self.metric, s)
-            setattr(self.metric, s, [value.to(self.device)] if isinstance(current, list) else value.to(self.device))
+            value = value.to(self.device) if share else (value[:0] if isinstance(getattr(self.metric, s), list)
+                                                         else torch.zeros_like(value)).to(self.device)
+            setattr(self.metric, s, [value] if isinstance(getattr(self.metric, s), list) else value)
 
 
 class FID(_FeatureMetric):
@@ -66,7 +71,7 @@ class FID(_FeatureMetric):
         from torchmetrics.image.fid import FrechetInceptionDistance
 
         try:
-            metric = FrechetInceptionDistance(feature=feature, reset_real_features=False)
+            metric = FrechetInceptionDistance(feature=feature)
         except Exception as err:  # noqa: BLE001 - the Inception weights download at construction
             raise unavailable("FID's Inception-v3 weights (torch-fidelity)", err) from None
         super().__init__(metric, feature_name, device)
@@ -81,19 +86,7 @@ class KID(_FeatureMetric):
         from torchmetrics.image.kid import KernelInceptionDistance
 
         try:
-            metric = KernelInceptionDistance(feature=feature, subsets=subsets, subset_size=subset_size,
-                                             reset_real_features=False)
+            metric = KernelInceptionDistance(feature=feature, subsets=subsets, subset_size=subset_size)
         except Exception as err:  # noqa: BLE001
             raise unavailable("KID's Inception-v3 weights (torch-fidelity)", err) from None
         super().__init__(metric, feature_name, device)
-
-    def compute(self) -> float:
-        # KID draws subsets of `subset_size` features; small runs use all of them (one exact subset).
-        n = min(int(sum(f.shape[0] for f in _as_list(getattr(self.metric, s))))
-                for s in ("real_features", "fake_features"))
-        self.metric.subset_size = min(self.metric.subset_size, n)
-        return super().compute()
-
-
-def _as_list(state) -> list[torch.Tensor]:
-    return state if isinstance(state, list) else [state]
