@@ -135,3 +135,17 @@ def test_missing_weights_offline_name_the_prefetch_command(tmp_path, monkeypatch
 def test_unknown_metric():
     with pytest.raises(ValueError, match="unknown metric 'lpips'; valid choices"):
         build_metric("lpips")
+
+
+def test_prefetch_command_runs_for_an_offline_experiment(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "CRDIFF_CACHE": str(tmp_path), "HF_HOME": str(tmp_path / "hf")}
+    done = subprocess.run([sys.executable, "scripts/prefetch_weights.py", "experiment=smoke"], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "metric clip: ready (tiny stand-in)" in done.stdout and (tmp_path / "tiny").is_dir()

@@ -1,0 +1,68 @@
+"""Figures from result rows: each metric vs resolution per model, and each metric vs k for sweeps."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from crdiff.tables import METRICS
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def metric_vs_resolution(rows: pd.DataFrame, model: str, out: str | Path) -> Path | None:
+    """One panel per metric: dense and CR-Diff across the model's resolutions (by pixel count)."""
+    data = rows[(rows.model == model) & rows.method.isin(["dense", "crdiff"])]
+    metrics = [m for m in METRICS if m in data.columns and data[m].notna().any()]
+    if data.empty or not metrics:
+        return None
+    plt = _pyplot()
+    data = data.assign(pixels=data.height * data.width).sort_values("pixels")
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 3), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        for method, group in data.groupby("method", sort=False):
+            group = group.drop_duplicates("resolution", keep="last")
+            ax.plot(group.resolution, group[metric], marker="o", label="CR-Diff" if method == "crdiff" else method)
+        ax.set_title(METRICS[metric][0])
+        ax.tick_params(axis="x", rotation=45)
+    axes[0][0].legend()
+    fig.suptitle(f"{model}: metrics vs resolution (HxW)")
+    fig.tight_layout()
+    path = Path(out) / f"{model}_metrics_vs_resolution.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def metric_vs_k(rows: pd.DataFrame, model: str, out: str | Path) -> Path | None:
+    """One panel per metric: CR-Diff across k, one line per resolution (a k sweep); dense as k = 0."""
+    data = rows[rows.model == model].copy()
+    data.loc[data.method == "dense", "k"] = 0.0
+    data = data[data.method.isin(["dense", "crdiff"])].dropna(subset=["k"])
+    metrics = [m for m in METRICS if m in data.columns and data[m].notna().any()]
+    if data.k.nunique() < 3 or not metrics:
+        return None
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 3), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        for resolution, group in data.groupby("resolution", sort=False):
+            group = group.sort_values("k").drop_duplicates("k", keep="last")
+            ax.plot(group.k, group[metric], marker="o", label=resolution)
+        ax.set_title(METRICS[metric][0])
+        ax.set_xlabel("k")
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(f"{model}: metrics vs k (k = 0 is dense)")
+    fig.tight_layout()
+    path = Path(out) / f"{model}_metrics_vs_k.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

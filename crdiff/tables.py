@@ -1,0 +1,125 @@
+"""Result rows -> the paper's Tables A (unseen resolutions) and B (default), and the comparison with the paper.
+
+Layout (as the paper): one row per (model, resolution), for each metric a dense and a CR-Diff column;
+the better of the two is marked (bold in Markdown / LaTeX, `*` in CSV).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+# metric -> (paper column label, higher is better)
+METRICS = {
+    "fid": ("FID↓", False), "clip": ("CLIP↑", True), "image_reward": ("ImageReward↑", True),
+    "pickscore": ("PickScore↑", True), "aesthetic": ("Aesthetic↑", True), "kid": ("KID↓", False),
+}
+MODEL_ORDER = ["sdxl", "sd15", "sd21"]
+PAPER_CSV = Path(__file__).resolve().parent.parent / "results" / "paper" / "tables_paper.csv"
+
+
+def paper_rows() -> pd.DataFrame:
+    """The paper's numbers (shipped under results/paper/) as result-like rows."""
+    rows = pd.read_csv(PAPER_CSV)
+    rows["resolution"] = rows.height.astype(str) + "x" + rows.width.astype(str)
+    return rows
+
+
+def long_form(rows: pd.DataFrame) -> pd.DataFrame:
+    """One line per (model, setting, resolution, method, metric, value) from result rows."""
+    metrics = [m for m in METRICS if m in rows.columns]
+    keep = rows[rows.method.isin(["dense", "crdiff"])]
+    if "resolution" not in keep:
+        keep = keep.assign(resolution=keep.height.astype(str) + "x" + keep.width.astype(str))
+    return keep.melt(id_vars=["model", "setting", "resolution", "method"], value_vars=metrics,
+                     var_name="metric").dropna(subset=["value"])
+
+
+def paper_table(rows: pd.DataFrame, setting: str) -> pd.DataFrame:
+    """Table A (`setting='unseen'`) or B (`'default'`): index (model, resolution), columns (metric, method)."""
+    data = long_form(rows[rows.setting == setting])
+    table = data.pivot_table(index=["model", "resolution"], columns=["metric", "method"], values="value",
+                             aggfunc="first")
+    metrics = [m for m in METRICS if m in table.columns.get_level_values(0)]
+    table = table.reindex(columns=pd.MultiIndex.from_product([metrics, ["dense", "crdiff"]]))
+    # models in the paper's order, resolutions in the order the rows list them (the config's order)
+    models = sorted(data.model.unique(), key=lambda m: MODEL_ORDER.index(m) if m in MODEL_ORDER else len(MODEL_ORDER))
+    index = [(m, r) for m in models for r in dict.fromkeys(data[data.model == m].resolution)]
+    return table.reindex(index=pd.MultiIndex.from_tuples(index, names=["model", "resolution"]))
+
+
+def better_mask(table: pd.DataFrame) -> pd.DataFrame:
+    """True where a cell is the better of its (dense, crdiff) pair (ties: both)."""
+    mask = pd.DataFrame(False, index=table.index, columns=table.columns)
+    for metric in table.columns.get_level_values(0).unique():
+        dense, crd = table[(metric, "dense")], table[(metric, "crdiff")]
+        best = pd.concat([dense, crd], axis=1).max(axis=1) if METRICS[metric][1] else \
+            pd.concat([dense, crd], axis=1).min(axis=1)
+        mask[(metric, "dense")], mask[(metric, "crdiff")] = dense == best, crd == best
+    return mask
+
+
+def _formatted(table: pd.DataFrame, mark: str) -> pd.DataFrame:
+    marks = better_mask(table)
+    text = table.map(lambda v: "" if pd.isna(v) else f"{v:.3f}")
+    for col in table.columns:
+        text[col] = [mark.format(t) if m and t else t for t, m in zip(text[col], marks[col])]
+    text.columns = [f"{METRICS[m][0]} {'CR-Diff' if meth == 'crdiff' else 'dense'}" for m, meth in table.columns]
+    return text.reset_index()
+
+
+def to_csv(table: pd.DataFrame) -> str:
+    return _formatted(table, "{}*").to_csv(index=False)
+
+
+def to_markdown(table: pd.DataFrame) -> str:
+    text = _formatted(table, "**{}**")
+    lines = ["| " + " | ".join(text.columns) + " |", "|" + "---|" * len(text.columns)]
+    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in text.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
+
+
+def to_latex(table: pd.DataFrame) -> str:
+    text = _formatted(table, r"\textbf{{{}}}")
+    header = [c.replace("↓", r"$\downarrow$").replace("↑", r"$\uparrow$") for c in text.columns]
+    lines = [r"\begin{tabular}{ll" + "r" * (len(header) - 2) + "}", r"\toprule", " & ".join(header) + r" \\",
+             r"\midrule"]
+    lines += [" & ".join(row) + r" \\" for row in text.itertuples(index=False)]
+    return "\n".join(lines + [r"\bottomrule", r"\end{tabular}"]) + "\n"
+
+
+def compare_with_paper(rows: pd.DataFrame) -> pd.DataFrame:
+    """Ours vs the paper per (model, resolution, method, metric), plus each side's dense -> CR-Diff change."""
+    ours = long_form(rows).rename(columns={"value": "ours"})
+    paper = long_form(paper_rows()).rename(columns={"value": "paper"})
+    merged = ours.merge(paper, on=["model", "setting", "resolution", "method", "metric"], how="inner")
+    merged["delta"] = merged.ours - merged.paper
+    change = merged.pivot_table(index=["model", "setting", "resolution", "metric"], columns="method",
+                                values=["ours", "paper"], aggfunc="first")
+    out = merged.merge(
+        pd.DataFrame({"ours_gain": change[("ours", "crdiff")] - change[("ours", "dense")],
+                      "paper_gain": change[("paper", "crdiff")] - change[("paper", "dense")]}).reset_index(),
+        on=["model", "setting", "resolution", "metric"], how="left")
+    return out.sort_values(["setting", "model", "resolution", "metric", "method"]).reset_index(drop=True)
+
+
+def write_all(rows: pd.DataFrame, out: str | Path, compare: bool = True) -> list[Path]:
+    """Table A and B as CSV / Markdown / LaTeX, and the comparison with the paper, under `out`."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, setting in (("table_A", "unseen"), ("table_B", "default")):
+        table = paper_table(rows, setting)
+        if table.empty:
+            continue
+        for suffix, render in ((".csv", to_csv), (".md", to_markdown), (".tex", to_latex)):
+            path = out / f"{name}{suffix}"
+            path.write_text(render(table))
+            written.append(path)
+    if compare:
+        comparison = compare_with_paper(rows)
+        if not comparison.empty:
+            comparison.to_csv(out / "paper_comparison.csv", index=False)
+            written.append(out / "paper_comparison.csv")
+    return written
