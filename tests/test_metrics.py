@@ -86,7 +86,7 @@ def test_clip_score_is_raw_cosine():
     assert metric.compute() < 0  # not clamped at 0 like torchmetrics' CLIPScore
 
 
-@pytest.mark.parametrize("name", ["clip", "pickscore", "fid"])
+@pytest.mark.parametrize("name", ["clip", "pickscore", "aesthetic", "fid"])
 def test_batch_size_invariance(name):
     images = random_images(8, 3)
     values = []
@@ -98,13 +98,13 @@ def test_batch_size_invariance(name):
             metric.update(images[s : s + batch], PROMPTS[s : s + batch])
         values.append(metric.compute())
     # float32 models: batch composition changes rounding only (~1e-8 relative)
-    assert values[0] == pytest.approx(values[1], rel=1e-6) == pytest.approx(values[2], rel=1e-6)
+    assert values[0] == pytest.approx(values[1], rel=1e-6, abs=1e-6) == pytest.approx(values[2], rel=1e-6, abs=1e-6)
 
 
 def _rank(rank, world, init, results):
     torch.distributed.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
     images = random_images(8, 3)
-    for name in ("clip", "pickscore", "fid"):
+    for name in ("clip", "pickscore", "aesthetic", "fid"):
         metric = build_metric(name, tiny=True)
         if metric.needs_reference:
             metric.update_reference(random_images(8, 4)[rank::world])
@@ -117,19 +117,20 @@ def _rank(rank, world, init, results):
 def test_rank_count_invariance(tmp_path):
     results = mp.Manager().dict()
     mp.spawn(_rank, args=(2, f"file://{tmp_path}/init", results), nprocs=2)
-    for name in ("clip", "pickscore", "fid"):
+    for name in ("clip", "pickscore", "aesthetic", "fid"):
         single = build_metric(name, tiny=True)
         if single.needs_reference:
             single.update_reference(random_images(8, 4))
         single.update(random_images(8, 3), PROMPTS)
-        assert results[f"{name}0"] == results[f"{name}1"] == pytest.approx(single.compute(), rel=1e-6)
+        assert results[f"{name}0"] == results[f"{name}1"] == pytest.approx(single.compute(), rel=1e-6, abs=1e-6)
 
 
 def test_missing_weights_offline_name_the_prefetch_command(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HOME", str(tmp_path))
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
-    with pytest.raises(MetricUnavailableError, match="scripts/prefetch_weights.py"):
-        build_metric("pickscore")
+    for name in ("pickscore", "aesthetic", "clip"):
+        with pytest.raises(MetricUnavailableError, match="scripts/prefetch_weights.py"):
+            build_metric(name)
 
 
 def test_unknown_metric():

@@ -62,6 +62,29 @@ class PickScore(MeanScore):
         return self.model.logit_scale.exp() * F.cosine_similarity(image.float(), text.float(), dim=-1)
 
 
+class Aesthetic(MeanScore):
+    """Aesthetic predictor v2.5 (SigLIP so400m + MLP head; 1-10 in the paper)."""
+
+    name = "aesthetic"
+
+    def __init__(self, model=None, processor=None, device: str = "cpu") -> None:
+        super().__init__()
+        if model is None:
+            try:
+                from aesthetic_predictor_v2_5 import convert_v2_5_from_siglip
+            except ImportError as err:
+                raise unavailable("aesthetic-predictor-v2-5 (pip install -e '.[metrics]')", err) from None
+            try:
+                model, processor = convert_v2_5_from_siglip(low_cpu_mem_usage=True, trust_remote_code=True)
+            except Exception as err:  # noqa: BLE001 - SigLIP from the hub, the head from GitHub
+                raise unavailable("aesthetic predictor v2.5 (SigLIP so400m + head)", err) from None
+        self.model, self.processor, self.device = model.eval().to(device), processor, device
+
+    def score(self, images: list[Image.Image], prompts: list[str]) -> torch.Tensor:
+        pixels = self.processor(images=images, return_tensors="pt")["pixel_values"].to(self.device)
+        return self.model(pixel_values=pixels.to(self.model.dtype)).logits.reshape(-1).float()
+
+
 def _features(out) -> torch.Tensor:
     """transformers 5 returns an output object whose pooler_output is the projected embedding."""
     return out if isinstance(out, torch.Tensor) else out.pooler_output

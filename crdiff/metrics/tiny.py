@@ -63,3 +63,14 @@ class TinyFeatures(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = images.float() / 255 if images.dtype == torch.uint8 else images.float()
         return self.net(x).double()
+
+
+def tiny_aesthetic(seed: int = 0):
+    """(AestheticPredictorV2_5Model, processor) of the real v2.5 classes on a tiny SigLIP config."""
+    from aesthetic_predictor_v2_5.siglip_v2_5 import AestheticPredictorV2_5Model, AestheticPredictorV2_5Processor
+    from transformers import SiglipVisionConfig
+
+    torch.manual_seed(seed)
+    config = SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                image_size=32, patch_size=8)
+    return AestheticPredictorV2_5Model(config), AestheticPredictorV2_5Processor(size={"height": 32, "width": 32})
