@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from crdiff.metrics.base import ImageMetric
 
-METRICS = ("fid", "kid", "clip", "pickscore", "aesthetic")
+METRICS = ("fid", "kid", "clip", "image_reward", "pickscore", "aesthetic")
 
 
 def build_metric(name: str, tiny: bool = False, device: str = "cpu", **options) -> ImageMetric:
@@ -24,6 +24,13 @@ def build_metric(name: str, tiny: bool = False, device: str = "cpu", **options) 
             model, preprocess, tokenizer = stand_ins.tiny_open_clip()
             return clip.CLIPScore(model, preprocess, tokenizer, device=device)
         return clip.CLIPScore(device=device, **options)
+    if name == "image_reward":
+        from crdiff.metrics.image_reward import ImageReward
+
+        if tiny:
+            model, tokenizer = stand_ins.tiny_image_reward()
+            return ImageReward(model, tokenizer, image_size=32, device=device)
+        return ImageReward(device=device)
     if name == "aesthetic":
         return clip.Aesthetic(*stand_ins.tiny_aesthetic(), device=device) if tiny else clip.Aesthetic(device=device)
     if tiny:

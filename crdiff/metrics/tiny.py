@@ -74,3 +74,21 @@ def tiny_aesthetic(seed: int = 0):
     config = SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                                 image_size=32, patch_size=8)
     return AestheticPredictorV2_5Model(config), AestheticPredictorV2_5Processor(size={"height": 32, "width": 32})
+
+
+def tiny_image_reward(seed: int = 0, image_size: int = 32):
+    """(ImageRewardModel, BertTokenizer) on tiny BLIP configs with a small word-piece vocabulary."""
+    from transformers import BertTokenizer
+
+    from crdiff.metrics.image_reward import ImageRewardModel, configs
+
+    torch.manual_seed(seed)
+    words = ["a", "cat", "dog", "red", "bus", "picture", "number", "of", "the", "on", "in"]
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words, *(f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz")]
+    med = {"vocab_size": len(vocab), "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+           "num_attention_heads": 4, "max_position_embeddings": 64, "layer_norm_eps": 1e-12, "hidden_act": "gelu"}
+    model = ImageRewardModel(*configs(med, image_size=image_size, vision_width=48, depth=2, heads=4, patch_size=8))
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "vocab.txt").write_text("\n".join(vocab) + "\n")
+        tokenizer = BertTokenizer.from_pretrained(tmp)
+    return model, tokenizer
