@@ -1,0 +1,130 @@
+"""Simulated annealing: the reference loop of method.md §2, resume, bounds, reheats, restarts, failures."""
+
+import math
+import random
+
+import pytest
+
+from crdiff.search import SearchConfig, SearchState, anneal
+
+
+def smooth(p):
+    """A cheap deterministic objective with its maximum 1.0 at (0.45, 0.25, 0.6)."""
+    return 1.0 - 4 * ((p["down"] - 0.45) ** 2 + (p["mid"] - 0.25) ** 2 + (p["up"] - 0.6) ** 2)
+
+
+def reference_loop(f, iterations=120, seed=42):
+    """method.md §2 written out in one function (same draw order: choice, uniform, random)."""
+    rng = random.Random(seed)
+    names = ["down", "mid", "up"]
+    clip = lambda v: min(0.8, max(0.1, v))  # noqa: E731
+    cache, trail = {}, []
+
+    def evaluate(p):
+        key = tuple(round(p[n], 4) for n in names)
+        if key not in cache:
+            try:
+                cache[key] = f(p)
+            except Exception:  # noqa: BLE001
+                cache[key] = -2.0
+        trail.append((dict(p), cache[key]))
+        return cache[key]
+
+    t, cur = 0.1, {n: 0.3 for n in names}
+    cur_s = evaluate(cur)
+    best, best_s, stall, reheats, restarts = dict(cur), cur_s, 0, 0, 0
+    patience = max(5, int(iterations * 0.2))
+    for _ in range(iterations):
+        s = max(0.005, 0.10 * t / 0.1)
+        n = rng.choice(names)
+        cand = {**cur, n: clip(cur[n] + rng.uniform(-s, s))}
+        sc = evaluate(cand)
+        d = sc - cur_s
+        if d > 0 or rng.random() < math.exp(d / t):
+            cur, cur_s = cand, sc
+        if sc > best_s:
+            best, best_s, stall = dict(cand), sc, 0
+        else:
+            stall += 1
+        t *= 0.95
+        if stall >= patience:
+            stall = 0
+            if best_s > 0.8 and reheats < 3:
+                t *= 1.5
+                reheats += 1
+            elif restarts < 2:
+                restarts += 1
+                n = rng.choice(names)
+                cur = {**best, n: clip(best[n] + rng.uniform(-0.3, 0.3))}
+                cur_s = evaluate(cur)
+                if cur_s > best_s:
+                    best, best_s = dict(cur), cur_s
+                t = 0.1
+            else:
+                break
+    return best, best_s, trail
+
+
+def trail_of(state: SearchState):
+    return [({k: h[k] for k in ("down", "mid", "up")}, h["score"]) for h in state.history]
+
+
+@pytest.mark.parametrize("objective", [smooth, lambda p: 0.5 - abs(p["mid"] - 0.7), lambda p: 0.3])
+def test_same_trajectory_as_reference_loop(objective):
+    state = anneal(objective, SearchConfig())
+    best, best_score, trail = reference_loop(objective)
+    assert trail_of(state) == trail
+    assert state.best == best and state.best_score == best_score
+
+
+def test_points_stay_in_bounds_and_search_improves():
+    state = anneal(smooth, SearchConfig())
+    assert all(0.1 <= h[g] <= 0.8 for h in state.history for g in ("down", "mid", "up"))
+    assert state.best_score > 0.8 > smooth({"down": 0.3, "mid": 0.3, "up": 0.3})  # improved on the start
+    assert state.best_score == max(h["score"] for h in state.history)
+
+
+def test_kill_and_resume_gives_the_identical_trajectory(tmp_path):
+    full = anneal(smooth, SearchConfig())
+    calls = {"n": 0}
+
+    def dies_after_40(p):
+        calls["n"] += 1
+        if calls["n"] > 40:
+            raise KeyboardInterrupt  # like a SIGINT / kill in the middle of a trial
+        return smooth(p)
+
+    with pytest.raises(KeyboardInterrupt):
+        anneal(dies_after_40, SearchConfig(), tmp_path / "state.json")
+    partial = SearchState.load(tmp_path / "state.json")
+    assert 0 < partial.iteration < 120 and not partial.done
+    resumed = anneal(smooth, SearchConfig(), tmp_path / "state.json")
+    assert trail_of(resumed) == trail_of(full) and resumed.best == full.best
+
+
+def test_reheats_when_the_best_passed_the_threshold():
+    state = anneal(lambda p: 0.9, SearchConfig())  # flat: patience runs out every 24 iterations
+    assert state.reheats == 3 and state.restarts == 2 and state.done
+
+
+def test_restarts_then_stops_below_the_threshold():
+    state = anneal(lambda p: 0.3, SearchConfig())
+    kinds = [h["kind"] for h in state.history]
+    assert state.reheats == 0 and kinds.count("restart") == 2 and state.iteration == 3 * 24
+
+
+def test_failing_trials_score_minus_two_and_the_search_goes_on():
+    def flaky(p):
+        if p["up"] > 0.35:
+            raise RuntimeError("out of memory")
+        return smooth(p)
+
+    state = anneal(flaky, SearchConfig())
+    failed = [h for h in state.history if h["up"] > 0.35 and not h["cached"]]
+    assert failed and all(h["score"] == -2.0 for h in failed) and state.iteration > 24
+    assert state.best["up"] <= 0.35
+
+
+def test_bad_bounds():
+    with pytest.raises(ValueError, match="search bounds"):
+        SearchConfig(low=0.5, high=0.2)
