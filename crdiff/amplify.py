@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from diffusers.hooks import HookRegistry, ModelHook
 from torch import nn
 
-from crdiff.pruning import CRITERIA, PruningPlan, plan_pruning, validate_ratios
+from crdiff.pruning import CRITERIA, MagnitudeIndex, PruningPlan, plan_pruning, validate_ratios
 
 POA_HOOK = "crdiff_poa"
 PRUNE_HOOK = "crdiff_pruned_weight"
@@ -156,13 +156,15 @@ def apply_crdiff(
     seed: int = 0,
     batched: bool = True,
     config: CRDiffConfig | None = None,
+    index: MagnitudeIndex | None = None,
 ) -> Any:
-    """Turn a pipeline (or UNet) into CR-Diff in place: BWP at `ratios` + POA with factor `k`."""
+    """Turn a pipeline (or UNet) into CR-Diff in place: BWP at `ratios` + POA with factor `k`
+    (`index`: precomputed magnitude histograms, for many applications to the same weights)."""
     config = config or CRDiffConfig(ratios if ratios is not None else CRDiffConfig().ratios, k, criterion, seed, batched)
     unet = _unet_of(pipe)
     if is_crdiff(unet):
         raise ValueError("CR-Diff is already applied; call crdiff.remove_crdiff(pipe) first")
-    plan = plan_pruning(unet, config.ratios, config.criterion, config.seed)
+    plan = plan_pruning(unet, config.ratios, config.criterion, config.seed, index)
     branch = _Branch()
     modules = dict(unet.named_modules())
     for name in plan.names():

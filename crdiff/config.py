@@ -68,6 +68,7 @@ class PromptsConfig:
     kind: str = "builtin"
     path: str | None = None
     limit: int | None = None
+    texts: list[str] = field(default_factory=list)  # kind=list: the user's own prompts
 
 
 @dataclass
@@ -153,6 +154,40 @@ class MetricsConfig:
         return {k: v for k, v in asdict(self).items() if k != "batch_size"}
 
 
+@dataclass
+class RatioSearchConfig:
+    """The ratio search (method.md §2): annealing constants, objective, what to search and where the preset goes."""
+
+    anneal: dict[str, Any] = field(default_factory=dict)  # overrides of crdiff.search.SearchConfig
+    metric: str = "image_reward"
+    resolutions: list[str] = field(default_factory=list)  # empty: the model's first unseen resolution
+    search_k: bool = False  # prompt-specific refinement may search k too
+    k_bounds: tuple[float, float] = (1.0, 3.0)
+    preset_root: str | None = None  # a Hydra config root; None: this repository's conf/
+    preset_name: str | None = None  # None: searched_<model>_<HxW>
+    compare: bool = False  # save dense vs refined images side by side with their scores
+
+    def __post_init__(self) -> None:
+        from crdiff.metrics import METRICS
+        from crdiff.search import SearchConfig
+
+        _choice("search.metric", self.metric, METRICS)
+        if self.metric in ("fid", "kid"):
+            raise ValueError("search.metric must be a per-image score (clip, image_reward, pickscore, aesthetic)")
+        for text in self.resolutions:
+            Resolution.parse(text)
+        self.settings()  # validates the constants
+
+    def settings(self):
+        from crdiff.search import SearchConfig
+
+        variables = ("down", "mid", "up", "k") if self.search_k else ("down", "mid", "up")
+        anneal = dict(self.anneal)
+        if self.search_k:
+            anneal.setdefault("start", {"down": 0.3, "mid": 0.3, "up": 0.3, "k": 1.5})
+        return SearchConfig(**anneal, variables=variables, bounds={"k": tuple(self.k_bounds)})
+
+
 METHODS = ("dense", "crdiff", "bwp")
 
 
@@ -168,6 +203,8 @@ class RunConfig:
     resolutions: ResolutionsConfig = field(default_factory=lambda: ResolutionsConfig(default=["64x64"]))
     wandb: WandbConfig = field(default_factory=WandbConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    search: RatioSearchConfig = field(default_factory=RatioSearchConfig)
+    task: str = "generate"  # generate (dense vs methods) | search (ratios by simulated annealing)
     methods: list[str] = field(default_factory=lambda: ["dense", "crdiff"])
     experiment: str = "default"
     output_dir: str = "outputs"
@@ -178,13 +215,14 @@ class RunConfig:
             raise ValueError(f"methods is empty; valid choices: {list(METHODS)}")
         for m in self.methods:
             _choice("methods entry", m, METHODS)
+        _choice("task", self.task, ("generate", "search"))
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunConfig:
         """Build from a plain (resolved) dict, e.g. `OmegaConf.to_container(cfg, resolve=True)`."""
         groups = {"model": ModelConfig, "pruning": PruningConfig, "amplify": AmplifyConfig, "prompts": PromptsConfig,
                   "sampler": SamplerConfig, "resolutions": ResolutionsConfig, "wandb": WandbConfig,
-                  "metrics": MetricsConfig}
+                  "metrics": MetricsConfig, "search": RatioSearchConfig}
         known = set(cls.__dataclass_fields__)
         kwargs = {k: (groups[k](**v) if k in groups else v) for k, v in d.items() if k in known}
         return cls(**kwargs)

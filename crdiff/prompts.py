@@ -61,9 +61,13 @@ class PromptSet:
         return len(self.prompts)
 
 
-def load_prompts(kind: str = "builtin", path: str | None = None, limit: int | None = None) -> PromptSet:
-    """Load a prompt set: `builtin`, or `csv` (columns `prompt` and optional `id`, e.g. coco5k.csv)."""
-    if kind == "builtin":
+def load_prompts(kind: str = "builtin", path: str | None = None, limit: int | None = None,
+                 texts: list[str] | None = None) -> PromptSet:
+    """Load a prompt set: `builtin`, `csv` (columns `prompt` and optional `id`, e.g. coco5k.csv), or
+    `list` (`texts`, a user's own prompts)."""
+    if kind == "list":
+        prompts, ids, images, name = list(texts or []), [f"user_{i}" for i in range(len(texts or []))], None, "user"
+    elif kind == "builtin":
         prompts = BUILTIN
         ids = [f"builtin_{i}" for i in range(len(prompts))]
         images, name = None, "builtin"
@@ -84,7 +88,7 @@ def load_prompts(kind: str = "builtin", path: str | None = None, limit: int | No
         images = [r["image_path"] for r in rows] if "image_path" in (reader.fieldnames or []) else None
         name = file.stem if file.stem != "prompts" else file.parent.name
     else:
-        raise ValueError(f"unknown prompt kind {kind!r}; valid choices: ['builtin', 'csv']")
+        raise ValueError(f"unknown prompt kind {kind!r}; valid choices: ['builtin', 'csv', 'list']")
     if limit is not None:
         if limit < 1:
             raise ValueError(f"prompts.limit is {limit}; it must be a positive integer or null")

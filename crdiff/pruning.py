@@ -65,7 +65,7 @@ def _chunks(t: torch.Tensor, size: int = 1 << 24) -> Iterable[torch.Tensor]:
 
 
 def kth_smallest_abs(
-    tensors: list[torch.Tensor] | Callable[[], Iterable[torch.Tensor]], k: int
+    tensors: list[torch.Tensor] | Callable[[], Iterable[torch.Tensor]], k: int, top: torch.Tensor | None = None
 ) -> torch.Tensor:
     """Exact k-th smallest |x| (1-based, as `torch.kthvalue`) over many tensors, without concatenating.
 
@@ -73,6 +73,8 @@ def kth_smallest_abs(
     65,536-bin histogram of each 16-bit digit (most significant first) pins the k-th value exactly in
     one pass for fp16/bf16 and two for fp32. Extra memory is one chunk plus the histogram.
     `tensors` may be a callable returning a fresh iterable, so the values can be regenerated per pass.
+    `top` is a precomputed histogram of the most significant digit (see `MagnitudeIndex`): with it,
+    fp16/bf16 thresholds need no pass over the weights at all.
     """
     tensors_of = tensors if callable(tensors) else lambda: tensors
     meta = [(t.dtype, t.device, t.numel()) for t in tensors_of()]
@@ -86,19 +88,44 @@ def kth_smallest_abs(
     bits = torch.iinfo(int_dtype).bits
     prefix = 0
     for shift in range(bits - 16, -1, -16):
-        hist = torch.zeros(1 << 16, dtype=torch.int64, device=device)
-        for t in tensors_of():
-            for chunk in _chunks(t.detach()):
-                v = chunk.abs().view(int_dtype).to(torch.int64)  # sign bit cleared: v >= 0
-                if shift + 16 < bits:
-                    v = v[(v >> (shift + 16)) == prefix]
-                hist += torch.bincount((v >> shift) & 0xFFFF, minlength=1 << 16)
+        if top is not None and shift == bits - 16:
+            hist = top.to(device)
+        else:
+            hist = _digit_histogram(tensors_of(), int_dtype, bits, shift, prefix, device)
         cum = hist.cumsum(0)
         digit = int(torch.searchsorted(cum, torch.tensor(k, device=cum.device)))
         k -= int(cum[digit - 1]) if digit > 0 else 0
         prefix = (prefix << 16) | digit
     signed = prefix - (1 << bits) if prefix >= 1 << (bits - 1) else prefix
     return torch.tensor(signed, dtype=int_dtype).view(dtype).to(device)
+
+
+def _digit_histogram(tensors: Iterable[torch.Tensor], int_dtype: torch.dtype, bits: int, shift: int, prefix: int,
+                     device) -> torch.Tensor:
+    """Histogram of the 16-bit digit at `shift` of |x|'s bit pattern, among values whose higher digits
+    equal `prefix`."""
+    hist = torch.zeros(1 << 16, dtype=torch.int64, device=device)
+    for t in tensors:
+            for chunk in _chunks(t.detach()):
+                v = chunk.abs().view(int_dtype).to(torch.int64)  # sign bit cleared: v >= 0
+                if shift + 16 < bits:
+                    v = v[(v >> (shift + 16)) == prefix]
+                hist += torch.bincount((v >> shift) & 0xFFFF, minlength=1 << 16)
+    return hist
+
+
+class MagnitudeIndex:
+    """The top-digit histogram of each group's |w|, computed once: the ratio search then derives
+    exact group thresholds for any ratio without reading the weights again (fp16/bf16)."""
+
+    def __init__(self, unet: nn.Module) -> None:
+        self.top: dict[str, torch.Tensor] = {}
+        for group, modules in target_modules(unet).items():
+            weights = [m.weight.detach() for m in modules.values()]
+            if weights:
+                int_dtype = _int_view_dtype(weights[0].dtype)
+                bits = torch.iinfo(int_dtype).bits
+                self.top[group] = _digit_histogram(weights, int_dtype, bits, bits - 16, 0, weights[0].device)
 
 
 @dataclass
@@ -171,10 +198,11 @@ def num_to_prune(numel: int, ratio: float) -> int:
 
 
 @register_criterion("magnitude")
-def _magnitude(plan: PruningPlan, weights: dict[str, torch.Tensor], ratio: float, seed: int) -> None:
+def _magnitude(plan: PruningPlan, weights: dict[str, torch.Tensor], ratio: float, seed: int,
+               top: torch.Tensor | None = None) -> None:
     """One threshold per group: the max(1, int(N·ratio))-th smallest |w| over the whole group."""
     numel = sum(w.numel() for w in weights.values())
-    threshold = kth_smallest_abs(list(weights.values()), num_to_prune(numel, ratio))
+    threshold = kth_smallest_abs(list(weights.values()), num_to_prune(numel, ratio), top)
     plan.thresholds.update({name: threshold for name in weights})
 
 
@@ -213,19 +241,24 @@ def _random(plan: PruningPlan, weights: dict[str, torch.Tensor], ratio: float, s
 
 
 def plan_pruning(
-    unet: nn.Module, ratios: Mapping[str, float], criterion: str = "magnitude", seed: int = 0
+    unet: nn.Module, ratios: Mapping[str, float], criterion: str = "magnitude", seed: int = 0,
+    index: MagnitudeIndex | None = None,
 ) -> PruningPlan:
-    """Validate the arguments and derive the pruning plan of every target module."""
+    """Validate the arguments and derive the pruning plan of every target module (`index`: reuse
+    precomputed magnitude histograms, see `MagnitudeIndex`)."""
     ratios = validate_ratios(ratios)
     if criterion not in CRITERIA:
         raise ValueError(f"unknown criterion '{criterion}'; valid choices: {sorted(CRITERIA)}")
     targets = target_modules(unet)
     plan = PruningPlan(ratios, criterion, {g: list(mods) for g, mods in targets.items()})
-    for index, (group, modules) in enumerate(targets.items()):
+    for number, (group, modules) in enumerate(targets.items()):
         if ratios[group] == 0 or not modules:  # ratio 0: the group is untouched
             continue
         weights = {name: m.weight.detach() for name, m in modules.items()}
-        CRITERIA[criterion](plan, weights, ratios[group], seed + index)
+        if criterion == "magnitude" and index is not None:
+            _magnitude(plan, weights, ratios[group], seed, index.top[group])
+        else:
+            CRITERIA[criterion](plan, weights, ratios[group], seed + number)
     return plan
 
 

@@ -48,7 +48,7 @@ class Plan:
 def plan(run: RunConfig) -> Plan:
     """Validate everything that can be checked without a model, and lay out the jobs."""
     out = run.check_output_dir()
-    prompts = load_prompts(run.prompts.kind, run.prompts.path, run.prompts.limit)
+    prompts = load_prompts(run.prompts.kind, run.prompts.path, run.prompts.limit, run.prompts.texts)
     prompt_key = {"name": prompts.name, "digest": prompts.digest(), "n": len(prompts)}
     if run.metrics.needs_reference:
         if prompts.image_paths is None:
@@ -195,6 +195,14 @@ def cli() -> None:
         except (ValueError, TypeError) as err:
             print(f"crdiff: error: {err}", file=sys.stderr)
             sys.exit(2)
+        if run.task == "search":
+            from crdiff.ratio_search import run_search
+
+            result = run_search(run)
+            if "preset" in result:
+                print(f"crdiff: search best {result['best_score']:.4f} at {result['best']} after "
+                      f"{result['iterations']} iterations -> preset {result['preset']}")
+            return
         summary = execute(run)
         if summary["table"] is None:  # ranks other than 0 report nothing
             return

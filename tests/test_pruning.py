@@ -168,3 +168,16 @@ def test_bad_ratios_raise(tiny_pipes, ratios, match):
 def test_unknown_criterion_raises(tiny_pipes):
     with pytest.raises(ValueError, match=r"unknown criterion 'l1'; valid choices: \['magnitude'"):
         crdiff.compute_masks(tiny_pipes("sd15").unet, {"down": 0.3, "mid": 0.3, "up": 0.3}, criterion="l1")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_magnitude_index_gives_the_same_thresholds(dtype):
+    from crdiff.pruning import MagnitudeIndex
+
+    unet = unseen_unet(4, dtype)
+    index = MagnitudeIndex(unet)
+    for ratios in RATIO_TRIPLES[1:]:
+        ratios = dict(zip(PREFIXES, ratios))
+        plain, fast = plan_pruning(unet, ratios), plan_pruning(unet, ratios, index=index)
+        assert plain.thresholds.keys() == fast.thresholds.keys()
+        assert all(torch.equal(plain.thresholds[n], fast.thresholds[n]) for n in plain.thresholds)

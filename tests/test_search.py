@@ -128,3 +128,86 @@ def test_failing_trials_score_minus_two_and_the_search_goes_on():
 def test_bad_bounds():
     with pytest.raises(ValueError, match="search bounds"):
         SearchConfig(low=0.5, high=0.2)
+
+
+# --- the search on a real (tiny) pipeline through the runner ---------------------------------------
+
+import os  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "crdiff.run", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})})
+
+
+@pytest.mark.slow
+def test_search_smoke_resumes_after_a_kill_and_writes_a_preset_a_table_experiment_uses(tmp_path):
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from crdiff.config import RunConfig
+
+    args = ["experiment=search_smoke", f"output_dir={tmp_path / 'out'}", f"search.preset_root={tmp_path / 'conf'}"]
+    full = run_cli(*args, f"output_dir={tmp_path / 'full'}")
+    assert full.returncode == 0, full.stderr[-2000:]
+    proc = subprocess.Popen([sys.executable, "-m", "crdiff.run", *args], cwd=ROOT,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = __import__("time").time() + 300
+    while __import__("time").time() < deadline:
+        states = list((tmp_path / "out").glob("search/*/state.json"))
+        if states and SearchState.load(states[0]).iteration >= 3:
+            break
+        __import__("time").sleep(0.05)
+    proc.kill()
+    proc.wait()
+    resumed = run_cli(*args)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a = SearchState.load(next((tmp_path / "full").glob("search/*/state.json")))
+    b = SearchState.load(next((tmp_path / "out").glob("search/*/state.json")))
+    assert trail_of(a) == trail_of(b) and a.best == b.best and b.done
+    csv = next((tmp_path / "out").glob("search/*/trials.csv")).read_text().splitlines()
+    assert csv[0].startswith("iteration,kind,down,mid,up,score") and len(csv) == len(b.history) + 1
+
+    preset = tmp_path / "conf" / "pruning" / "searched_tiny-sdxl_40x72.yaml"
+    assert preset.exists() and "pickscore" in preset.read_text()
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=["experiment=smoke", "pruning=searched_tiny-sdxl_40x72",
+                                           f"hydra.searchpath=[file://{tmp_path / 'conf'}]"])
+    run = RunConfig.from_dict(OmegaConf.to_container(cfg, resolve=True))
+    assert run.pruning.ratios == {g: round(b.best[g], 4) for g in ("down", "mid", "up")}
+
+
+def test_refine_experiment_composes_with_k():
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from crdiff.config import RunConfig
+
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=["experiment=refine", "model=tiny-sd15", "prompts.texts=[a red fox]"])
+    run = RunConfig.from_dict(OmegaConf.to_container(cfg, resolve=True))
+    settings = run.search.settings()
+    assert settings.variables == ("down", "mid", "up", "k") and settings.clip("k", 9.0) == 3.0
+    assert run.task == "search" and run.search.compare
+
+
+@pytest.mark.slow
+def test_refine_saves_dense_vs_refined_with_scores(tmp_path):
+    import json
+
+    done = run_cli("experiment=refine", "model=tiny-sd15", "prompts.texts=[a red fox in the snow,a lighthouse]",
+                   "metrics=tiny", "search.metric=pickscore", "search.resolutions=[40x72]",
+                   "search.anneal={iterations: 3}", "sampler.steps=2", f"output_dir={tmp_path}",
+                   f"search.preset_root={tmp_path / 'conf'}")
+    assert done.returncode == 0, done.stderr[-2000:]
+    folder = next(tmp_path.glob("search/*"))
+    scores = json.loads((folder / "comparison.json").read_text())
+    assert set(scores) == {"dense", "refined", "best"} and 1.0 <= scores["best"]["k"] <= 3.0
+    assert (folder / "dense_vs_refined_40x72.png").exists()
+    assert (tmp_path / "conf" / "amplify" / "searched_tiny-sd15_40x72.yaml").exists()

@@ -1,0 +1,172 @@
+"""`task=search`: the ratio search on a loaded pipeline, resumable, written out as a pruning preset.
+
+The pipeline loads once; every trial re-derives the pruned weights in place from the dense ones
+(`remove_crdiff` + `apply_crdiff` with a `MagnitudeIndex`: no reload, no copy). Under torchrun the
+ranks split each trial's prompts and the metric's synced mean gives every rank the same score, so
+all ranks walk the identical trajectory; rank 0 writes the state, the trial CSV and the preset.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from crdiff import distributed
+from crdiff.amplify import apply_crdiff, remove_crdiff
+from crdiff.config import RunConfig
+from crdiff.metrics import ImageMetric, build_metric, preprocess
+from crdiff.models import Resolution, load_pipeline
+from crdiff.prompts import PromptSet, load_prompts
+from crdiff.pruning import GROUPS, MagnitudeIndex
+from crdiff.results import atomic_write_bytes, atomic_write_json, provenance, run_key
+from crdiff.sampling import set_scheduler
+from crdiff.search import SearchState, anneal
+
+CONF = Path(__file__).resolve().parent.parent / "conf"
+
+
+@dataclass
+class Objective:
+    """Mean metric of the images at `point` (ratios, and k when searched) over prompts x resolutions."""
+
+    pipe: Any
+    prompts: PromptSet
+    indices: list[int]  # this rank's prompts
+    resolutions: list[Resolution]
+    run: RunConfig
+    metric: ImageMetric
+    index: MagnitudeIndex
+
+    def images(self, point: dict[str, float] | None, resolution: Resolution) -> list:
+        """This rank's images at `point` (None: dense), one per prompt, seeds `sampler.seed + i`."""
+        remove_crdiff(self.pipe)
+        if point is not None:
+            apply_crdiff(self.pipe, {g: point[g] for g in GROUPS}, k=point.get("k", self.run.amplify.k),
+                         criterion="magnitude", batched=self.run.amplify.batched, index=self.index)
+        sampler, out = self.run.sampler, []
+        for start in range(0, len(self.indices), sampler.batch_size):
+            batch = self.indices[start : start + sampler.batch_size]
+            out += self.pipe(prompt=[self.prompts.prompts[i] for i in batch],
+                             negative_prompt=[sampler.negative_prompt] * len(batch),
+                             height=resolution.height, width=resolution.width, num_inference_steps=sampler.steps,
+                             guidance_scale=sampler.guidance,
+                             generator=[torch.Generator("cpu").manual_seed(sampler.seed + i) for i in batch]).images
+        return out
+
+    def score(self, point: dict[str, float] | None) -> float:
+        self.metric.reset()
+        for resolution in self.resolutions:
+            images = [preprocess(im, self.run.metrics.preprocessing) for im in self.images(point, resolution)]
+            self.metric.update(images, [self.prompts.prompts[i] for i in self.indices])
+        return self.metric.compute()
+
+    __call__ = score
+
+
+def search_resolutions(run: RunConfig) -> list[Resolution]:
+    texts = run.search.resolutions or run.resolutions.unseen[:1] or run.resolutions.default[:1]
+    return [Resolution.parse(t) for t in texts]
+
+
+def search_dir(run: RunConfig, prompts: PromptSet, resolutions: list[Resolution]) -> Path:
+    semantic = {"model": run.model.name, "dtype": run.model.dtype, "prompts": prompts.digest(),
+                "resolutions": [str(r) for r in resolutions], "metric": run.search.metric, "tiny": run.metrics.tiny,
+                "preprocessing": run.metrics.preprocessing, "k": run.amplify.k, "search_k": run.search.search_k,
+                "sampler": {k: v for k, v in vars(run.sampler).items() if k != "batch_size"},
+                "anneal": vars(run.search.settings())}
+    return Path(run.output_dir) / "search" / f"{run.model.name.replace('/', '--')}-{run_key(semantic)}"
+
+
+def trials_csv(state: SearchState) -> bytes:
+    buffer = io.StringIO()
+    fields = ["iteration", "kind", *[k for k in ("down", "mid", "up", "k") if any(k in h for h in state.history)],
+              "score", "temperature", "cached"]
+    writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(state.history)
+    return buffer.getvalue().encode()
+
+
+def write_preset(run: RunConfig, state: SearchState, resolutions: list[Resolution], device: str) -> Path:
+    """conf/pruning/<name>.yaml (or under search.preset_root): experiments select it with pruning=<name>."""
+    name = run.search.preset_name or f"searched_{run.model.name}_{'_'.join(str(r) for r in resolutions)}"
+    root = Path(run.search.preset_root) if run.search.preset_root else CONF
+    ratios = {g: round(state.best[g], 4) for g in GROUPS}
+    prov = provenance(device)
+    lines = [
+        f"# Searched by crdiff.ratio_search: model {run.model.name}, resolution(s) {[str(r) for r in resolutions]},",
+        f"# {run.search.metric} {state.best_score:.4f} (start {state.history[0]['score']:.4f}), "
+        f"{state.iteration} iterations, {len(state.cache)} distinct trials, prompts '{run.prompts.kind}'.",
+        f"# git {prov['git_sha']}, {prov['device_name']}, {prov['time']}.",
+        "kind: blockwise", "criterion: magnitude",
+        "ratios: {" + ", ".join(f"{g}: {v}" for g, v in ratios.items()) + "}", "ratio: null", "seed: 0",
+    ]
+    path = root / "pruning" / f"{name}.yaml"
+    atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
+    if "k" in state.best:  # prompt-specific refinement searched k too
+        atomic_write_bytes(root / "amplify" / f"{name}.yaml",
+                           f"# k searched with {path.name}\nk: {round(state.best['k'], 4)}\nbatched: true\n".encode())
+    return path
+
+
+def run_search(run: RunConfig) -> dict[str, Any]:
+    """Load once, anneal (resuming any saved state), write trials, preset and optional comparison."""
+    from crdiff.tracking import Tracker
+
+    prompts = load_prompts(run.prompts.kind, run.prompts.path, run.prompts.limit, run.prompts.texts)
+    resolutions = search_resolutions(run)
+    folder = search_dir(run, prompts, resolutions)
+    ranks, device = distributed.init(run.device)
+    try:
+        pipe = load_pipeline(run.model.name, run.model.dtype, device)
+        set_scheduler(pipe, run.sampler.scheduler)
+        metric = build_metric(run.search.metric, tiny=run.metrics.tiny, device=device)
+        objective = Objective(pipe, prompts, ranks.shard(list(range(len(prompts)))), resolutions, run, metric,
+                              MagnitudeIndex(pipe.unet))
+        tracker = Tracker(run.wandb, {"search": str(folder)}, f"search-{run.model.name}", run.output_dir) \
+            if ranks.is_main else None
+
+        def on_trial(state: SearchState) -> None:
+            if ranks.is_main:
+                atomic_write_bytes(folder / "trials.csv", trials_csv(state))
+                tracker.log({**state.history[-1], "best_score": state.best_score})
+
+        state = anneal(objective, run.search.settings(), folder / "state.json" if ranks.is_main else None, on_trial)
+        result = {"best": state.best, "best_score": state.best_score, "iterations": state.iteration,
+                  "folder": str(folder)}
+        if ranks.is_main:
+            result["preset"] = str(write_preset(run, state, resolutions, device))
+        if run.search.compare:
+            result["comparison"] = compare(objective, state, folder, ranks)
+        if tracker:
+            tracker.log({"best_score": state.best_score, **{f"best_{k}": v for k, v in state.best.items()}})
+            tracker.finish()
+        ranks.barrier()
+        return result
+    finally:
+        distributed.shutdown()
+
+
+def compare(objective: Objective, state: SearchState, folder: Path, ranks) -> dict[str, float]:
+    """Dense vs the searched setting on the search's own prompts: images side by side and scores."""
+    from PIL import Image
+
+    scores = {"dense": objective.score(None), "refined": objective.score(state.best)}
+    if ranks.is_main:
+        for resolution in objective.resolutions:
+            rows = [objective.images(None, resolution), objective.images(state.best, resolution)]
+            w, h = rows[0][0].size
+            sheet = Image.new("RGB", (w * len(rows[0]), 2 * h), "white")
+            for r, row in enumerate(rows):
+                for c, image in enumerate(row):
+                    sheet.paste(image, (c * w, r * h))
+            sheet.save(folder / f"dense_vs_refined_{resolution}.png")
+        atomic_write_json(folder / "comparison.json", {**scores, "best": state.best})
+    remove_crdiff(objective.pipe)
+    return scores
