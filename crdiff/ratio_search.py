@@ -137,7 +137,7 @@ def run_search(run: RunConfig) -> dict[str, Any]:
                 atomic_write_bytes(folder / "trials.csv", trials_csv(state))
                 tracker.log({**state.history[-1], "best_score": state.best_score})
 
-        state = anneal(objective, run.search.settings(), folder / "state.json" if ranks.is_main else None, on_trial)
+        state = anneal(objective, run.search.settings(), folder / "state.json", on_trial, save=ranks.is_main)
         result = {"best": state.best, "best_score": state.best_score, "iterations": state.iteration,
                   "folder": str(folder)}
         if ranks.is_main:

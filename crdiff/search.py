@@ -116,8 +116,10 @@ def _evaluate(point: Point, objective: Callable[[Point], float], state: SearchSt
 
 
 def anneal(objective: Callable[[Point], float], cfg: SearchConfig, state_path: str | Path | None = None,
-           on_trial: Callable[[SearchState], None] = lambda s: None) -> SearchState:
-    """Run (or resume) the search; returns the final state with `best` and `best_score`."""
+           on_trial: Callable[[SearchState], None] = lambda s: None, save: bool = True) -> SearchState:
+    """Run (or resume) the search; returns the final state with `best` and `best_score`.
+
+    Every rank resumes from `state_path`; only the one with `save=True` writes it."""
     path = Path(state_path) if state_path else None
     if path and path.exists():
         state = SearchState.load(path)
@@ -129,7 +131,7 @@ def anneal(objective: Callable[[Point], float], cfg: SearchConfig, state_path: s
 
     def checkpoint() -> None:
         state.rng = list(rng.getstate())
-        if path:
+        if path and save:
             state.save(path)
         on_trial(state)
 

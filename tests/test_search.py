@@ -211,3 +211,18 @@ def test_refine_saves_dense_vs_refined_with_scores(tmp_path):
     assert set(scores) == {"dense", "refined", "best"} and 1.0 <= scores["best"]["k"] <= 3.0
     assert (folder / "dense_vs_refined_40x72.png").exists()
     assert (tmp_path / "conf" / "amplify" / "searched_tiny-sd15_40x72.yaml").exists()
+
+
+@pytest.mark.slow
+def test_two_rank_search_walks_the_same_trajectory(tmp_path):
+    env = {"OMP_NUM_THREADS": "1"}
+    args = ["experiment=search_smoke", "sampler.batch_size=1", f"search.preset_root={tmp_path / 'conf'}"]
+    one = run_cli(*args, f"output_dir={tmp_path / 'one'}", env=env)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+                          "crdiff.run", *args, f"output_dir={tmp_path / 'two'}"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1", **env})
+    assert two.returncode == 0, two.stderr[-2000:]
+    a, b = (SearchState.load(next((tmp_path / d).glob("search/*/state.json"))) for d in ("one", "two"))
+    assert [p for p, _ in trail_of(a)] == [p for p, _ in trail_of(b)]
+    assert [s for _, s in trail_of(a)] == pytest.approx([s for _, s in trail_of(b)], rel=1e-5)
