@@ -138,6 +138,8 @@ def row(p: Plan, job: Job, device: str, scores: dict[str, float]) -> dict[str, A
 
 def finalize(p: Plan, device: str, counts: dict[str, int], scores: dict[str, dict[str, float]]):
     """Rank 0 only: result rows, grids, W&B; returns this run's table."""
+    from PIL import Image
+
     from crdiff.sampling import grid
     from crdiff.tracking import Tracker
 
@@ -151,6 +153,13 @@ def finalize(p: Plan, device: str, counts: dict[str, int], scores: dict[str, dic
             path.parent.mkdir(parents=True, exist_ok=True)
             sheet.save(path)
             grids[f"grid/{job.method}/{job.resolution}"] = sheet
+    for _, res in p.run.resolutions.selected():  # one sheet per resolution: a row per method, same seeds
+        sheets = [grids[f"grid/{m}/{res}"] for m in p.run.methods if f"grid/{m}/{res}" in grids]
+        if len(sheets) > 1:
+            stacked = Image.new("RGB", (max(s.width for s in sheets), sum(s.height for s in sheets)), "white")
+            for n, sheet in enumerate(sheets):
+                stacked.paste(sheet, (0, sum(s.height for s in sheets[:n])))
+            stacked.save(p.output_dir / "grids" / f"methods_{'_'.join(p.run.methods)}_{res}.png")
     table = load_table(p.output_dir).set_index("key").loc[[j.key for j in p.jobs]].reset_index()
     tracker.log(counts)
     tracker.log_images(grids)

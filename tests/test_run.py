@@ -92,7 +92,9 @@ def test_smoke_end_to_end_then_rerun_does_nothing(smoke):
     assert list(table.method) == ["dense"] * 3 + ["crdiff"] * 3
     assert list(table.resolution) == ["64x64", "40x72", "96x96"] * 2
     assert list(table.setting) == ["default", "unseen", "unseen"] * 2
-    assert (table.n_images == 4).all() and len(list((out / "grids").glob("*.png"))) == 6
+    assert (table.n_images == 4).all() and len(list((out / "grids").glob("*_*_*.png"))) == 6 + 3
+    sheet = Image.open(out / "grids" / "methods_dense_crdiff_40x72.png")
+    assert sheet.size == (4 * 72, 2 * 40)  # dense row above the CR-Diff row
     for _, row in table.iterrows():
         pngs = sorted(Path(row.image_dir).glob("*.png"))
         assert len(pngs) == 4 and Image.open(pngs[0]).size == (row.width, row.height)
