@@ -97,7 +97,8 @@ def kth_smallest_abs(
         k -= int(cum[digit - 1]) if digit > 0 else 0
         prefix = (prefix << 16) | digit
     signed = prefix - (1 << bits) if prefix >= 1 << (bits - 1) else prefix
-    return torch.tensor(signed, dtype=int_dtype).view(dtype).to(device)
+    # A 0-dim CPU tensor: usable as a scalar against weights on any device (offloading included)
+    return torch.tensor(signed, dtype=int_dtype).view(dtype)
 
 
 def _digit_histogram(tensors: Iterable[torch.Tensor], int_dtype: torch.dtype, bits: int, shift: int, prefix: int,
