@@ -189,15 +189,20 @@ def crdiff_config(pipe: Any) -> CRDiffConfig:
 
 def remove_crdiff(pipe: Any) -> Any:
     """Undo `apply_crdiff`: every hook and attribute it added is gone; weights were never changed."""
-    unet = _unet_of(pipe)
-    for module in unet.modules():
+    drop_hooks(_unet_of(pipe), (POA_HOOK, PRUNE_HOOK))
+    return pipe
+
+
+def drop_hooks(root: nn.Module, names: tuple[str, ...]) -> None:
+    """Remove the diffusers hooks `names` from every module under `root`, leaving no trace of an
+    emptied registry or of its forward wrapper."""
+    for module in root.modules():
         registry = getattr(module, "_diffusers_hook", None)
         if registry is None:
             continue
-        for name in (POA_HOOK, PRUNE_HOOK):
+        for name in names:
             registry.remove_hook(name, recurse=False)
-        if not registry.hooks:  # leave no trace of an empty registry or its forward wrapper
+        if not registry.hooks:
             del module._diffusers_hook
             if getattr(module.__dict__.get("forward"), "__func__", None) is type(module).forward:
                 del module.forward
-    return pipe

@@ -188,7 +188,20 @@ class RatioSearchConfig:
         return SearchConfig(**anneal, variables=variables, bounds={"k": tuple(self.k_bounds)})
 
 
-METHODS = ("dense", "crdiff", "bwp")
+@dataclass
+class BaselinesConfig:
+    """Settings of the comparison methods (see crdiff.methods)."""
+
+    freeu: list[float] | None = None  # [s1, s2, b1, b2]; None: the published values for the model
+    uniform_ratio: float | None = None  # None: the mean of pruning.ratios
+
+    def __post_init__(self) -> None:
+        if self.freeu is not None and len(self.freeu) != 4:
+            raise ValueError(f"baselines.freeu is {self.freeu}; it needs [s1, s2, b1, b2]")
+        if self.uniform_ratio is not None:
+            validate_ratios({g: self.uniform_ratio for g in GROUPS})
+
+
 
 
 @dataclass
@@ -204,6 +217,7 @@ class RunConfig:
     wandb: WandbConfig = field(default_factory=WandbConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     search: RatioSearchConfig = field(default_factory=RatioSearchConfig)
+    baselines: BaselinesConfig = field(default_factory=BaselinesConfig)
     task: str = "generate"  # generate (dense vs methods) | search (ratios by simulated annealing)
     methods: list[str] = field(default_factory=lambda: ["dense", "crdiff"])
     experiment: str = "default"
@@ -212,7 +226,9 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         if not self.methods:
-            raise ValueError(f"methods is empty; valid choices: {list(METHODS)}")
+            raise ValueError("methods is empty; list at least one (dense, crdiff, ...)")
+        from crdiff.methods import METHODS
+
         for m in self.methods:
             _choice("methods entry", m, METHODS)
         _choice("task", self.task, ("generate", "search"))
@@ -222,27 +238,24 @@ class RunConfig:
         """Build from a plain (resolved) dict, e.g. `OmegaConf.to_container(cfg, resolve=True)`."""
         groups = {"model": ModelConfig, "pruning": PruningConfig, "amplify": AmplifyConfig, "prompts": PromptsConfig,
                   "sampler": SamplerConfig, "resolutions": ResolutionsConfig, "wandb": WandbConfig,
-                  "metrics": MetricsConfig, "search": RatioSearchConfig}
+                  "metrics": MetricsConfig, "search": RatioSearchConfig, "baselines": BaselinesConfig}
         known = set(cls.__dataclass_fields__)
         kwargs = {k: (groups[k](**v) if k in groups else v) for k, v in d.items() if k in known}
         return cls(**kwargs)
 
     def method(self, name: str) -> CRDiffConfig | None:
-        """The CR-Diff settings of a method (None = dense)."""
-        if name == "dense":
-            return None
-        k = 1.0 if name == "bwp" else self.amplify.k  # bwp: block-wise pruning alone
-        return CRDiffConfig(self.pruning.ratios, k, self.pruning.criterion, self.pruning.seed, self.amplify.batched)
+        """The CR-Diff settings of a pruning-based method (None for dense and the others)."""
+        from crdiff.methods import crdiff_config
+
+        return crdiff_config(self, name)
 
     def semantic(self, method: str) -> dict[str, Any]:
         """What changes a method's images (resolution and prompt set are added per job)."""
-        crd = self.method(method)
+        from crdiff.methods import semantic
+
         sampler = {k: v for k, v in asdict(self.sampler).items() if k != "batch_size"}
-        return {
-            "model": self.model.name, "dtype": self.model.dtype, "sampler": sampler, "method": method,
-            "crdiff": None if crd is None else {"ratios": crd.ratios, "criterion": crd.criterion, "k": crd.k,
-                                                "seed": crd.seed if crd.criterion == "random" else None},
-        }
+        return {"model": self.model.name, "dtype": self.model.dtype, "sampler": sampler, "method": method,
+                "crdiff" if self.method(method) else "settings": semantic(self, method) or None}
 
     def check_output_dir(self) -> Path:
         """Create the output folder (or fail clearly) before any heavy work."""

@@ -73,7 +73,7 @@ def generate_all(p: Plan, ranks: distributed.Ranks, device: str) -> dict[str, in
     Work is cut into fixed batches of `sampler.batch_size` consecutive prompts per job, dealt to ranks
     in turn: every rank count sees the same batches, so images are bit-identical to one process.
     """
-    from crdiff.amplify import apply_crdiff, remove_crdiff
+    from crdiff import methods
     from crdiff.models import load_pipeline
     from crdiff.sampling import generate, is_done, set_scheduler
 
@@ -85,19 +85,17 @@ def generate_all(p: Plan, ranks: distributed.Ranks, device: str) -> dict[str, in
         return counts
     pipe = load_pipeline(p.run.model.name, p.run.model.dtype, device)
     set_scheduler(pipe, p.run.sampler.scheduler)
-    for method in p.run.methods:
-        remove_crdiff(pipe)
-        if (crd := p.run.method(method)) is not None:
-            apply_crdiff(pipe, config=crd)
-        for job in (j for j in p.jobs if j.method == method):
-            mine = [batch for j, batch in todo if j is job and batch]
-            if not mine:
-                continue
-            with tqdm(total=sum(map(len, mine)), desc=f"{method} {job.resolution}", disable=not ranks.is_main) as bar:
-                for batch in mine:
-                    made, _ = generate(pipe, p.prompts, batch, job.resolution, p.run.sampler, job.folder, bar.update)
-                    counts["generated"] += made
-    remove_crdiff(pipe)
+    for job in p.jobs:
+        mine = [batch for j, batch in todo if j is job and batch]
+        if not mine:
+            continue
+        methods.remove(pipe)
+        methods.apply(pipe, p.run, job.method, job.resolution)
+        with tqdm(total=sum(map(len, mine)), desc=f"{job.method} {job.resolution}", disable=not ranks.is_main) as bar:
+            for batch in mine:
+                made, _ = generate(pipe, p.prompts, batch, job.resolution, p.run.sampler, job.folder, bar.update)
+                counts["generated"] += made
+    methods.remove(pipe)
     return counts
 
 

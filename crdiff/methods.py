@@ -1,0 +1,121 @@
+"""The methods an experiment compares, each applied to a loaded pipeline for one resolution and removable.
+
+dense        the pipeline as loaded
+crdiff       block-wise pruning + POA (`pruning`, `amplify`)
+bwp          block-wise pruning alone (k = 1)
+uniform      POA with one ratio for all groups (the mean of `pruning.ratios`, or `baselines.uniform_ratio`)
+random_mask  POA with a random mask of the same per-group sparsity (a "generic bad model")
+freeu        FreeU (diffusers' built-in), per-model values of `baselines.freeu`
+entropy      attention-entropy scaling (Jin et al. 2023) on self-attention only
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from diffusers.hooks import HookRegistry, ModelHook
+
+from crdiff.amplify import CRDiffConfig, apply_crdiff, drop_hooks, remove_crdiff
+from crdiff.models import Resolution
+from crdiff.pruning import GROUPS
+
+METHODS = ("dense", "crdiff", "bwp", "uniform", "random_mask", "freeu", "entropy")
+# FreeU's published values (s1, s2, b1, b2); SD1.5 as in diffusers' docs, SD2.1 / SDXL from the FreeU authors.
+FREEU = {"sd15": (0.9, 0.2, 1.5, 1.6), "sd21": (0.9, 0.2, 1.4, 1.6), "sdxl": (0.9, 0.2, 1.3, 1.4)}
+ENTROPY_HOOK = "crdiff_entropy_scaling"
+
+
+def crdiff_config(run, name: str) -> CRDiffConfig | None:
+    """The CR-Diff settings behind a pruning-based method (None for the others)."""
+    p, a = run.pruning, run.amplify
+    if name == "crdiff":
+        return CRDiffConfig(p.ratios, a.k, p.criterion, p.seed, a.batched)
+    if name == "bwp":
+        return CRDiffConfig(p.ratios, 1.0, p.criterion, p.seed, a.batched)
+    if name == "uniform":
+        ratio = run.baselines.uniform_ratio
+        ratio = sum(p.ratios.values()) / len(GROUPS) if ratio is None else ratio
+        return CRDiffConfig({g: ratio for g in GROUPS}, a.k, p.criterion, p.seed, a.batched)
+    if name == "random_mask":
+        return CRDiffConfig(p.ratios, a.k, "random", p.seed, a.batched)
+    return None
+
+
+def freeu_values(run) -> tuple[float, float, float, float]:
+    if run.baselines.freeu:
+        return tuple(run.baselines.freeu)
+    kind = run.model.name.removeprefix("tiny-")
+    if kind not in FREEU:
+        raise ValueError(f"no FreeU defaults for model {run.model.name!r}; set baselines.freeu=[s1,s2,b1,b2]")
+    return FREEU[kind]
+
+
+def semantic(run, name: str) -> dict[str, Any]:
+    """What changes a method's images, for the run key."""
+    crd = crdiff_config(run, name)
+    if crd is not None:
+        return {"ratios": crd.ratios, "criterion": crd.criterion, "k": crd.k,
+                "seed": crd.seed if crd.criterion == "random" else None}
+    if name == "freeu":
+        return {"freeu": list(freeu_values(run))}
+    if name == "entropy":
+        return {"train_resolution": str(train_resolution(run))}
+    return {}
+
+
+def train_resolution(run) -> Resolution:
+    from crdiff.models import MODELS
+
+    if run.model.name in MODELS:
+        return MODELS[run.model.name].resolution
+    return Resolution.parse(run.resolutions.default[0])
+
+
+def apply(pipe, run, name: str, resolution: Resolution) -> None:
+    """Put `pipe` in method `name` for images of `resolution` (after `remove`)."""
+    crd = crdiff_config(run, name)
+    if crd is not None:
+        apply_crdiff(pipe, config=crd)
+    elif name == "freeu":
+        pipe.enable_freeu(*freeu_values(run))
+    elif name == "entropy":
+        train = train_resolution(run)
+        apply_entropy_scaling(pipe.unet, train.height * train.width / (resolution.height * resolution.width))
+
+
+def remove(pipe) -> None:
+    """Back to dense: every method's change undone."""
+    remove_crdiff(pipe)
+    pipe.disable_freeu()
+    remove_entropy_scaling(pipe.unet)
+
+
+class EntropyScaling(ModelHook):
+    """On a self-attention's `to_q`: scale queries by sqrt(log N / log N_train) (Jin et al. 2023, Eq. 6).
+
+    N is the token count of the call; N_train = N x (training pixels / test pixels) is what this layer
+    saw at the training resolution. Scaling q scales every logit q.k/sqrt(d) by the same factor.
+    """
+
+    def __init__(self, pixel_ratio: float) -> None:
+        super().__init__()
+        self.pixel_ratio = pixel_ratio
+
+    def post_forward(self, module, output: torch.Tensor) -> torch.Tensor:
+        tokens = output.shape[1]
+        train_tokens = tokens * self.pixel_ratio
+        if train_tokens == tokens or tokens < 2 or train_tokens < 2:
+            return output  # at the training token count: plain attention, exactly
+        return output * math.sqrt(math.log(tokens) / math.log(train_tokens))
+
+
+def apply_entropy_scaling(unet, pixel_ratio: float) -> None:
+    for name, module in unet.named_modules():
+        if name.endswith("attn1.to_q"):
+            HookRegistry.check_if_exists_or_initialize(module).register_hook(EntropyScaling(pixel_ratio), ENTROPY_HOOK)
+
+
+def remove_entropy_scaling(unet) -> None:
+    drop_hooks(unet, (ENTROPY_HOOK,))

@@ -1,0 +1,72 @@
+"""Comparison methods: each one's defining property, and every one removes back to dense exactly."""
+
+import math
+
+import pytest
+import torch
+
+from crdiff import methods
+from crdiff.config import RunConfig
+
+from test_run import compose_run
+
+ALL = list(methods.METHODS)
+
+
+def generate(pipe, height=64, width=64):
+    g = [torch.Generator().manual_seed(i) for i in range(2)]
+    return pipe(["a red cube", "a blue sphere"], height=height, width=width, num_inference_steps=3,
+                generator=g, output_type="pt").images
+
+
+@pytest.fixture
+def run() -> RunConfig:
+    return compose_run("experiment=smoke")
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_every_method_removes_back_to_dense_exactly(tiny_pipes, run, name):
+    pipe = tiny_pipes("sdxl")
+    dense = generate(pipe, 40, 72)
+    methods.apply(pipe, run, name, methods.Resolution(40, 72))
+    changed = generate(pipe, 40, 72)
+    methods.remove(pipe)
+    assert torch.equal(generate(pipe, 40, 72), dense)
+    assert not any(hasattr(m, "_diffusers_hook") or "forward" in m.__dict__ for m in pipe.unet.modules())
+    assert torch.equal(changed, dense) == (name == "dense")
+
+
+def test_entropy_scaling_is_plain_attention_at_the_training_size(tiny_pipes, run):
+    pipe = tiny_pipes("sd15")
+    dense = generate(pipe, 64, 64)  # tiny models are "trained" at 64x64
+    methods.apply(pipe, run, "entropy", methods.Resolution(64, 64))
+    try:
+        assert torch.equal(generate(pipe, 64, 64), dense)
+    finally:
+        methods.remove(pipe)
+
+
+def test_entropy_scaling_factor():
+    hook = methods.EntropyScaling(pixel_ratio=4.0)  # test image has 1/4 of the training pixels
+    q = torch.randn(2, 100, 8)
+    want = q * math.sqrt(math.log(100) / math.log(400))
+    torch.testing.assert_close(hook.post_forward(None, q), want, rtol=0, atol=0)
+
+
+def test_pruning_baselines_share_the_crdiff_settings(run):
+    crd, bwp = methods.crdiff_config(run, "crdiff"), methods.crdiff_config(run, "bwp")
+    uniform, rnd = methods.crdiff_config(run, "uniform"), methods.crdiff_config(run, "random_mask")
+    assert bwp.k == 1.0 and bwp.ratios == crd.ratios
+    assert set(uniform.ratios.values()) == {sum(crd.ratios.values()) / 3} and uniform.k == crd.k
+    assert rnd.criterion == "random" and rnd.ratios == crd.ratios and rnd.k == crd.k
+    assert methods.freeu_values(run) == (0.9, 0.2, 1.3, 1.4)  # SDXL's published values
+
+
+def test_one_experiment_runs_every_method_side_by_side(tmp_path):
+    from crdiff.run import execute
+
+    summary = execute(compose_run("experiment=smoke", f"output_dir={tmp_path}", f"methods={ALL}".replace("'", ""),
+                                  "resolutions.sets=[unseen]", "prompts.limit=1", "metrics=none"))
+    table = summary["table"]
+    assert list(dict.fromkeys(table.method)) == ALL and len(table) == 2 * len(ALL)
+    assert table.key.is_unique
