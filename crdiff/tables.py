@@ -26,23 +26,28 @@ def paper_rows() -> pd.DataFrame:
     return rows
 
 
-def long_form(rows: pd.DataFrame) -> pd.DataFrame:
+PAPER_METHODS = ("dense", "crdiff")
+LABELS = {"dense": "dense", "crdiff": "CR-Diff"}
+
+
+def long_form(rows: pd.DataFrame, methods: tuple[str, ...] = PAPER_METHODS) -> pd.DataFrame:
     """One line per (model, setting, resolution, method, metric, value) from result rows."""
     metrics = [m for m in METRICS if m in rows.columns]
-    keep = rows[rows.method.isin(["dense", "crdiff"])]
+    keep = rows[rows.method.isin(methods)]
     if "resolution" not in keep:
         keep = keep.assign(resolution=keep.height.astype(str) + "x" + keep.width.astype(str))
     return keep.melt(id_vars=["model", "setting", "resolution", "method"], value_vars=metrics,
                      var_name="metric").dropna(subset=["value"])
 
 
-def paper_table(rows: pd.DataFrame, setting: str) -> pd.DataFrame:
-    """Table A (`setting='unseen'`) or B (`'default'`): index (model, resolution), columns (metric, method)."""
-    data = long_form(rows[rows.setting == setting])
+def paper_table(rows: pd.DataFrame, setting: str, methods: tuple[str, ...] = PAPER_METHODS) -> pd.DataFrame:
+    """Table A (`setting='unseen'`) or B (`'default'`): index (model, resolution), columns (metric, method);
+    `methods` beyond the paper's two put the baselines side by side."""
+    data = long_form(rows[rows.setting == setting], methods)
     table = data.pivot_table(index=["model", "resolution"], columns=["metric", "method"], values="value",
                              aggfunc="first")
     metrics = [m for m in METRICS if m in table.columns.get_level_values(0)]
-    table = table.reindex(columns=pd.MultiIndex.from_product([metrics, ["dense", "crdiff"]]))
+    table = table.reindex(columns=pd.MultiIndex.from_product([metrics, list(methods)]))
     # models in the paper's order, resolutions in the order the rows list them (the config's order)
     models = sorted(data.model.unique(), key=lambda m: MODEL_ORDER.index(m) if m in MODEL_ORDER else len(MODEL_ORDER))
     index = [(m, r) for m in models for r in dict.fromkeys(data[data.model == m].resolution)]
@@ -50,13 +55,13 @@ def paper_table(rows: pd.DataFrame, setting: str) -> pd.DataFrame:
 
 
 def better_mask(table: pd.DataFrame) -> pd.DataFrame:
-    """True where a cell is the better of its (dense, crdiff) pair (ties: both)."""
+    """True where a cell is the best of its metric's methods in that row (ties: all of them)."""
     mask = pd.DataFrame(False, index=table.index, columns=table.columns)
     for metric in table.columns.get_level_values(0).unique():
-        dense, crd = table[(metric, "dense")], table[(metric, "crdiff")]
-        best = pd.concat([dense, crd], axis=1).max(axis=1) if METRICS[metric][1] else \
-            pd.concat([dense, crd], axis=1).min(axis=1)
-        mask[(metric, "dense")], mask[(metric, "crdiff")] = dense == best, crd == best
+        values = table[metric]
+        best = values.max(axis=1) if METRICS[metric][1] else values.min(axis=1)
+        for method in values.columns:
+            mask[(metric, method)] = values[method] == best
     return mask
 
 
@@ -65,7 +70,7 @@ def _formatted(table: pd.DataFrame, mark: str) -> pd.DataFrame:
     text = table.map(lambda v: "" if pd.isna(v) else f"{v:.3f}")
     for col in table.columns:
         text[col] = [mark.format(t) if m and t else t for t, m in zip(text[col], marks[col])]
-    text.columns = [f"{METRICS[m][0]} {'CR-Diff' if meth == 'crdiff' else 'dense'}" for m, meth in table.columns]
+    text.columns = [f"{METRICS[m][0]} {LABELS.get(meth, meth)}" for m, meth in table.columns]
     return text.reset_index()
 
 
@@ -117,6 +122,13 @@ def write_all(rows: pd.DataFrame, out: str | Path, compare: bool = True) -> list
             path = out / f"{name}{suffix}"
             path.write_text(render(table))
             written.append(path)
+    extra = tuple(m for m in dict.fromkeys(rows.method) if m not in PAPER_METHODS)
+    for name, setting in (("methods_A", "unseen"), ("methods_B", "default")):  # baselines side by side
+        table = paper_table(rows, setting, PAPER_METHODS + extra) if extra else pd.DataFrame()
+        if not table.empty:
+            (out / f"{name}.md").write_text(to_markdown(table))
+            (out / f"{name}.csv").write_text(to_csv(table))
+            written += [out / f"{name}.md", out / f"{name}.csv"]
     if compare:
         comparison = compare_with_paper(rows)
         if not comparison.empty:

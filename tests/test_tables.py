@@ -79,3 +79,12 @@ def test_notebook_executes(tmp_path):
     assert (tmp_path / "figures" / "sd15_metrics_vs_k.png").exists()
     outputs = "".join(str(o) for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs)
     assert "Table A" in outputs and "Table B" in outputs
+
+
+def test_baselines_side_by_side(tmp_path):
+    rows = paper_rows()
+    freeu = rows[rows.method == "dense"].assign(method="freeu", fid=lambda d: d.fid - 100)
+    written = write_all(pd.concat([rows, freeu]), tmp_path, compare=False)
+    assert tmp_path / "methods_A.md" in written
+    md = (tmp_path / "methods_A.md").read_text()
+    assert "FID↓ freeu" in md and "| sdxl | 512x512 | 83.827 | 37.918 | **-16.173** |" in md
