@@ -119,7 +119,7 @@ def score_all(p: Plan, ranks: distributed.Ranks, device: str) -> dict[str, dict[
     return scores
 
 
-def row(p: Plan, job: Job, device: str, scores: dict[str, float]) -> dict[str, Any]:
+def row(p: Plan, job: Job, prov: dict[str, Any], scores: dict[str, float]) -> dict[str, Any]:
     crd = p.run.method(job.method)
     return {
         "experiment": p.run.experiment, "model": p.run.model.name, "dtype": p.run.model.dtype,
@@ -130,7 +130,7 @@ def row(p: Plan, job: Job, device: str, scores: dict[str, float]) -> dict[str, A
         **{f"ratio_{g}": None if crd is None else crd.ratios[g] for g in GROUPS},
         "steps": p.run.sampler.steps, "guidance": p.run.sampler.guidance, "seed": p.run.sampler.seed,
         "scheduler": p.run.sampler.scheduler, "image_dir": str(job.folder),
-        "preprocessing": p.run.metrics.preprocessing, "provenance": provenance(device), "metrics": scores,
+        "preprocessing": p.run.metrics.preprocessing, "provenance": prov, "metrics": scores,
     }
 
 
@@ -142,9 +142,9 @@ def finalize(p: Plan, device: str, counts: dict[str, int], scores: dict[str, dic
     from crdiff.tracking import Tracker
 
     tracker = Tracker(p.run.wandb, asdict(p.run), f"{p.run.experiment}-{p.run.model.name}", str(p.output_dir))
-    grids = {}
+    grids, prov = {}, provenance(device)
     for job in p.jobs:
-        write_row(p.output_dir / "results", job.key, row(p, job, device, scores[job.key]))
+        write_row(p.output_dir / "results", job.key, row(p, job, prov, scores[job.key]))
         sheet = grid(job.folder, list(range(min(16, len(p.prompts)))))
         if sheet is not None:
             path = p.output_dir / "grids" / f"{job.method}_{job.resolution}_{job.key}.png"
@@ -166,9 +166,9 @@ def finalize(p: Plan, device: str, counts: dict[str, int], scores: dict[str, dic
     return table
 
 
-def execute(run: RunConfig) -> dict[str, Any]:
+def execute(run: RunConfig, p: Plan | None = None) -> dict[str, Any]:
     """Plan, generate this rank's share, gather once; returns counts (summed over ranks) and the table."""
-    p = plan(run)
+    p = p or plan(run)
     ranks, device = distributed.init(run.device)
     try:
         counts = generate_all(p, ranks, device)
@@ -198,7 +198,7 @@ def cli() -> None:
     def main(cfg) -> None:
         try:
             run = RunConfig.from_dict(OmegaConf.to_container(cfg, resolve=True))
-            plan(run)  # every input check, before any model loads
+            checked = plan(run)  # every input check, before any model loads
         except (ValueError, TypeError) as err:
             print(f"crdiff: error: {err}", file=sys.stderr)
             sys.exit(2)
@@ -210,7 +210,7 @@ def cli() -> None:
                 print(f"crdiff: search best {result['best_score']:.4f} at {result['best']} after "
                       f"{result['iterations']} iterations -> preset {result['preset']}")
             return
-        summary = execute(run)
+        summary = execute(run, checked)
         if summary["table"] is None:  # ranks other than 0 report nothing
             return
         print(f"crdiff: generated {summary['generated']} images, skipped {summary['skipped']} "
