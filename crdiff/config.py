@@ -169,7 +169,6 @@ class RatioSearchConfig:
 
     def __post_init__(self) -> None:
         from crdiff.metrics import METRICS
-        from crdiff.search import SearchConfig
 
         _choice("search.metric", self.metric, METRICS)
         if self.metric in ("fid", "kid"):
@@ -245,9 +244,9 @@ class RunConfig:
 
     def method(self, name: str) -> CRDiffConfig | None:
         """The CR-Diff settings of a pruning-based method (None for dense and the others)."""
-        from crdiff.methods import crdiff_config
+        from crdiff.methods import pruning_settings
 
-        return crdiff_config(self, name)
+        return pruning_settings(self, name)
 
     def semantic(self, method: str) -> dict[str, Any]:
         """What changes a method's images (resolution and prompt set are added per job)."""

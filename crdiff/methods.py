@@ -27,7 +27,7 @@ FREEU = {"sd15": (0.9, 0.2, 1.5, 1.6), "sd21": (0.9, 0.2, 1.4, 1.6), "sdxl": (0.
 ENTROPY_HOOK = "crdiff_entropy_scaling"
 
 
-def crdiff_config(run, name: str) -> CRDiffConfig | None:
+def pruning_settings(run, name: str) -> CRDiffConfig | None:
     """The CR-Diff settings behind a pruning-based method (None for the others)."""
     p, a = run.pruning, run.amplify
     if name == "crdiff":
@@ -54,7 +54,7 @@ def freeu_values(run) -> tuple[float, float, float, float]:
 
 def semantic(run, name: str) -> dict[str, Any]:
     """What changes a method's images, for the run key."""
-    crd = crdiff_config(run, name)
+    crd = pruning_settings(run, name)
     if crd is not None:
         return {"ratios": crd.ratios, "criterion": crd.criterion, "k": crd.k,
                 "seed": crd.seed if crd.criterion == "random" else None}
@@ -75,7 +75,7 @@ def train_resolution(run) -> Resolution:
 
 def apply(pipe, run, name: str, resolution: Resolution) -> None:
     """Put `pipe` in method `name` for images of `resolution` (after `remove`)."""
-    crd = crdiff_config(run, name)
+    crd = pruning_settings(run, name)
     if crd is not None:
         apply_crdiff(pipe, config=crd)
     elif name == "freeu":

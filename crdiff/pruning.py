@@ -107,11 +107,11 @@ def _digit_histogram(tensors: Iterable[torch.Tensor], int_dtype: torch.dtype, bi
     equal `prefix`."""
     hist = torch.zeros(1 << 16, dtype=torch.int64, device=device)
     for t in tensors:
-            for chunk in _chunks(t.detach()):
-                v = chunk.abs().view(int_dtype).to(torch.int64)  # sign bit cleared: v >= 0
-                if shift + 16 < bits:
-                    v = v[(v >> (shift + 16)) == prefix]
-                hist += torch.bincount((v >> shift) & 0xFFFF, minlength=1 << 16)
+        for chunk in _chunks(t.detach()):
+            v = chunk.abs().view(int_dtype).to(torch.int64)  # sign bit cleared: v >= 0
+            if shift + 16 < bits:
+                v = v[(v >> (shift + 16)) == prefix]
+            hist += torch.bincount((v >> shift) & 0xFFFF, minlength=1 << 16)
     return hist
 
 

@@ -15,8 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from crdiff import distributed
 from crdiff.amplify import apply_crdiff, remove_crdiff
 from crdiff.config import RunConfig
@@ -25,7 +23,7 @@ from crdiff.models import Resolution, load_pipeline
 from crdiff.prompts import PromptSet, load_prompts
 from crdiff.pruning import GROUPS, MagnitudeIndex
 from crdiff.results import atomic_write_bytes, atomic_write_json, provenance, run_key
-from crdiff.sampling import set_scheduler
+from crdiff.sampling import draw, set_scheduler
 from crdiff.search import SearchState, anneal
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
@@ -49,22 +47,20 @@ class Objective:
         if point is not None:
             apply_crdiff(self.pipe, {g: point[g] for g in GROUPS}, k=point.get("k", self.run.amplify.k),
                          criterion="magnitude", batched=self.run.amplify.batched, index=self.index)
-        sampler, out = self.run.sampler, []
-        for start in range(0, len(self.indices), sampler.batch_size):
-            batch = self.indices[start : start + sampler.batch_size]
-            out += self.pipe(prompt=[self.prompts.prompts[i] for i in batch],
-                             negative_prompt=[sampler.negative_prompt] * len(batch),
-                             height=resolution.height, width=resolution.width, num_inference_steps=sampler.steps,
-                             guidance_scale=sampler.guidance,
-                             generator=[torch.Generator("cpu").manual_seed(sampler.seed + i) for i in batch]).images
-        return out
+        return draw(self.pipe, self.prompts, self.indices, resolution, self.run.sampler)
+
+    def evaluate(self, point: dict[str, float] | None) -> tuple[float, dict[Resolution, list]]:
+        """(synced mean score, this rank's images per resolution) at `point`."""
+        self.metric.reset()
+        drawn = {}
+        for resolution in self.resolutions:
+            drawn[resolution] = self.images(point, resolution)
+            self.metric.update([preprocess(im, self.run.metrics.preprocessing) for im in drawn[resolution]],
+                               [self.prompts.prompts[i] for i in self.indices])
+        return self.metric.compute(), drawn
 
     def score(self, point: dict[str, float] | None) -> float:
-        self.metric.reset()
-        for resolution in self.resolutions:
-            images = [preprocess(im, self.run.metrics.preprocessing) for im in self.images(point, resolution)]
-            self.metric.update(images, [self.prompts.prompts[i] for i in self.indices])
-        return self.metric.compute()
+        return self.evaluate(point)[0]
 
     __call__ = score
 
@@ -155,18 +151,14 @@ def run_search(run: RunConfig) -> dict[str, Any]:
 
 def compare(objective: Objective, state: SearchState, folder: Path, ranks) -> dict[str, float]:
     """Dense vs the searched setting on the search's own prompts: images side by side and scores."""
-    from PIL import Image
+    from crdiff.sampling import sheet
 
-    scores = {"dense": objective.score(None), "refined": objective.score(state.best)}
-    if ranks.is_main:
+    (dense, dense_images), (refined, refined_images) = objective.evaluate(None), objective.evaluate(state.best)
+    scores = {"dense": dense, "refined": refined}
+    if ranks.is_main:  # this rank's prompts: dense row above the refined row
         for resolution in objective.resolutions:
-            rows = [objective.images(None, resolution), objective.images(state.best, resolution)]
-            w, h = rows[0][0].size
-            sheet = Image.new("RGB", (w * len(rows[0]), 2 * h), "white")
-            for r, row in enumerate(rows):
-                for c, image in enumerate(row):
-                    sheet.paste(image, (c * w, r * h))
-            sheet.save(folder / f"dense_vs_refined_{resolution}.png")
+            sheet([dense_images[resolution], refined_images[resolution]]).save(
+                folder / f"dense_vs_refined_{resolution}.png")
         atomic_write_json(folder / "comparison.json", {**scores, "best": state.best})
     remove_crdiff(objective.pipe)
     return scores

@@ -93,8 +93,8 @@ def generate_all(p: Plan, ranks: distributed.Ranks, device: str) -> dict[str, in
         methods.apply(pipe, p.run, job.method, job.resolution)
         with tqdm(total=sum(map(len, mine)), desc=f"{job.method} {job.resolution}", disable=not ranks.is_main) as bar:
             for batch in mine:
-                made, _ = generate(pipe, p.prompts, batch, job.resolution, p.run.sampler, job.folder, bar.update)
-                counts["generated"] += made
+                counts["generated"] += generate(pipe, p.prompts, batch, job.resolution, p.run.sampler, job.folder,
+                                                bar.update)
     methods.remove(pipe)
     return counts
 
@@ -136,28 +136,23 @@ def row(p: Plan, job: Job, prov: dict[str, Any], scores: dict[str, float]) -> di
 
 def finalize(p: Plan, device: str, counts: dict[str, int], scores: dict[str, dict[str, float]]):
     """Rank 0 only: result rows, grids, W&B; returns this run's table."""
-    from PIL import Image
-
-    from crdiff.sampling import grid
+    from crdiff.sampling import grid, sheet
     from crdiff.tracking import Tracker
 
     tracker = Tracker(p.run.wandb, asdict(p.run), f"{p.run.experiment}-{p.run.model.name}", str(p.output_dir))
     grids, prov = {}, provenance(device)
     for job in p.jobs:
         write_row(p.output_dir / "results", job.key, row(p, job, prov, scores[job.key]))
-        sheet = grid(job.folder, list(range(min(16, len(p.prompts)))))
-        if sheet is not None:
+        image = grid(job.folder, list(range(min(16, len(p.prompts)))))
+        if image is not None:
             path = p.output_dir / "grids" / f"{job.method}_{job.resolution}_{job.key}.png"
             path.parent.mkdir(parents=True, exist_ok=True)
-            sheet.save(path)
-            grids[f"grid/{job.method}/{job.resolution}"] = sheet
+            image.save(path)
+            grids[f"grid/{job.method}/{job.resolution}"] = image
     for _, res in p.run.resolutions.selected():  # one sheet per resolution: a row per method, same seeds
-        sheets = [grids[f"grid/{m}/{res}"] for m in p.run.methods if f"grid/{m}/{res}" in grids]
-        if len(sheets) > 1:
-            stacked = Image.new("RGB", (max(s.width for s in sheets), sum(s.height for s in sheets)), "white")
-            for n, sheet in enumerate(sheets):
-                stacked.paste(sheet, (0, sum(s.height for s in sheets[:n])))
-            stacked.save(p.output_dir / "grids" / f"methods_{'_'.join(p.run.methods)}_{res}.png")
+        rows = [[grids[f"grid/{m}/{res}"]] for m in p.run.methods if f"grid/{m}/{res}" in grids]
+        if len(rows) > 1:
+            sheet(rows).save(p.output_dir / "grids" / f"methods_{'_'.join(p.run.methods)}_{res}.png")
     table = load_table(p.output_dir).set_index("key").loc[[j.key for j in p.jobs]].reset_index()
     tracker.log(counts)
     tracker.log_images(grids)

@@ -66,29 +66,48 @@ def is_done(folder: Path, prompts: PromptSet, index: int, seed: int) -> bool:
         return False
 
 
-def generate(
-    pipe, prompts: PromptSet, indices: list[int], resolution: Resolution, sampler: SamplerConfig, folder: Path,
-    progress: Callable[[int], None] = lambda n: None,
-) -> tuple[int, int]:
-    """Make the images `indices` of `prompts` into `folder`; returns (generated, skipped)."""
-    todo = [i for i in indices if not is_done(folder, prompts, i, sampler.seed)]
-    progress(len(indices) - len(todo))
-    for start in range(0, len(todo), sampler.batch_size):
-        batch = todo[start : start + sampler.batch_size]
-        images = pipe(
+def draw(pipe, prompts: PromptSet, indices: list[int], resolution: Resolution, sampler: SamplerConfig) -> list:
+    """The images `indices` of `prompts` (PIL), in batches of `sampler.batch_size`, seeds `seed + i`."""
+    images = []
+    for start in range(0, len(indices), sampler.batch_size):
+        batch = indices[start : start + sampler.batch_size]
+        images += pipe(
             prompt=[prompts.prompts[i] for i in batch],
             negative_prompt=[sampler.negative_prompt] * len(batch),
             height=resolution.height, width=resolution.width,
             num_inference_steps=sampler.steps, guidance_scale=sampler.guidance,
             generator=[torch.Generator("cpu").manual_seed(sampler.seed + i) for i in batch],
         ).images
-        for i, image in zip(batch, images):
+    return images
+
+
+def generate(
+    pipe, prompts: PromptSet, indices: list[int], resolution: Resolution, sampler: SamplerConfig, folder: Path,
+    progress: Callable[[int], None] = lambda n: None,
+) -> int:
+    """Make and store the images `indices` (the caller has skipped the done ones); returns how many."""
+    for start in range(0, len(indices), sampler.batch_size):
+        batch = indices[start : start + sampler.batch_size]
+        for i, image in zip(batch, draw(pipe, prompts, batch, resolution, sampler)):
             buffer = io.BytesIO()
             image.save(buffer, format="PNG")
             atomic_write_bytes(image_path(folder, i), buffer.getvalue())
             atomic_write_json(meta_path(folder, i), image_meta(prompts, i, sampler.seed))  # written last: "done"
         progress(len(batch))
-    return len(todo), len(indices) - len(todo)
+    return len(indices)
+
+
+def sheet(rows: list[list[Image.Image]]) -> Image.Image:
+    """Images pasted row by row, left to right (rows may differ in length and image size)."""
+    width = max(sum(im.width for im in row) for row in rows)
+    heights = [max(im.height for im in row) for row in rows]
+    out = Image.new("RGB", (width, sum(heights)), "white")
+    for r, row in enumerate(rows):
+        x = 0
+        for image in row:
+            out.paste(image.convert("RGB"), (x, sum(heights[:r])))
+            x += image.width
+    return out
 
 
 def grid(folder: Path, indices: list[int], columns: int = 4) -> Image.Image | None:
@@ -96,9 +115,4 @@ def grid(folder: Path, indices: list[int], columns: int = 4) -> Image.Image | No
     images = [Image.open(image_path(folder, i)).convert("RGB") for i in indices if image_path(folder, i).exists()]
     if not images:
         return None
-    w, h = images[0].size
-    rows = -(-len(images) // columns)
-    sheet = Image.new("RGB", (w * min(columns, len(images)), h * rows), "white")
-    for n, image in enumerate(images):
-        sheet.paste(image, ((n % columns) * w, (n // columns) * h))
-    return sheet
+    return sheet([images[start : start + columns] for start in range(0, len(images), columns)])

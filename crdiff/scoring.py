@@ -36,7 +36,7 @@ def _batches(paths: list[str], prompts: list[str], size: int, mode: str) -> Iter
 
 
 def load_reference(metric: ImageMetric, cfg: MetricsConfig, prompts: PromptSet, indices: list[int],
-                   is_main: bool, world: int) -> None:
+                   is_main: bool) -> None:
     """Real-image statistics: from the cache (rank 0 holds them, other ranks empty states), else
     computed over this rank's share and cached from the synced states by rank 0."""
     cache = metric.cache_file(cache_dir() / "reference", f"{prompts.reference_digest()}-{cfg.preprocessing}")
@@ -58,7 +58,7 @@ def score_job(metrics: dict[str, ImageMetric], cfg: MetricsConfig, prompts: Prom
         if name == "kid":  # subsets cannot be larger than the image sets
             metric.metric.subset_size = min(cfg.kid_subset_size, len(prompts))
         if metric.needs_reference:
-            load_reference(metric, cfg, prompts, indices, is_main, world)
+            load_reference(metric, cfg, prompts, indices, is_main)
         paths = [str(image_path(folder, i)) for i in indices]
         for images, texts in _batches(paths, [prompts.prompts[i] for i in indices], cfg.batch_size,
                                       cfg.preprocessing):

@@ -100,6 +100,7 @@ def test_attn2_and_non_targets_run_dense(clean):
     finally:
         for h in hooks:
             h.remove()
+    assert outputs and all(len(v) == 2 for v in outputs.values())  # every hooked module ran in both passes
     # attn2.to_k sees the text embeddings only, so its output must be identical in both passes;
     # the first proj_in sees only untouched layers before it.
     for name, (dense, pruned) in outputs.items():

@@ -54,8 +54,8 @@ def test_entropy_scaling_factor():
 
 
 def test_pruning_baselines_share_the_crdiff_settings(run):
-    crd, bwp = methods.crdiff_config(run, "crdiff"), methods.crdiff_config(run, "bwp")
-    uniform, rnd = methods.crdiff_config(run, "uniform"), methods.crdiff_config(run, "random_mask")
+    crd, bwp = methods.pruning_settings(run, "crdiff"), methods.pruning_settings(run, "bwp")
+    uniform, rnd = methods.pruning_settings(run, "uniform"), methods.pruning_settings(run, "random_mask")
     assert bwp.k == 1.0 and bwp.ratios == crd.ratios
     assert set(uniform.ratios.values()) == {sum(crd.ratios.values()) / 3} and uniform.k == crd.k
     assert rnd.criterion == "random" and rnd.ratios == crd.ratios and rnd.k == crd.k
