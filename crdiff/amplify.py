@@ -38,9 +38,11 @@ class CRDiffConfig:
     criterion: str = "magnitude"
     seed: int = 0
     batched: bool = True
+    targets: tuple[str, ...] | None = None  # name suffixes restricting the targets; None: method.md §1 / DIT_TARGETS
 
     def __post_init__(self) -> None:
         self.ratios = validate_ratios(self.ratios)
+        self.targets = None if self.targets is None else tuple(self.targets)
         self.k = validate_k(self.k)
         if self.criterion not in CRITERIA:
             raise ValueError(f"unknown criterion '{self.criterion}'; valid choices: {sorted(CRITERIA)}")
@@ -118,16 +120,17 @@ class POAHook(ModelHook):
 
 
 def _batch_size(args: tuple, kwargs: dict) -> int:
-    sample = args[0] if args else kwargs["sample"]
+    sample = args[0] if args else kwargs.get("sample", kwargs.get("hidden_states"))  # UNet / DiT
     return sample.shape[0]
 
 
 def _repeat(obj: Any, batch: int) -> Any:
-    """Stack every batch-leading tensor twice (dense half, pruned half); leave the rest as is."""
+    """Stack every batch-leading tensor twice (dense half, pruned half); leave the rest as is.
+    FLUX's `img_ids` / `txt_ids` are per-token positions, never per-sample: left alone."""
     if isinstance(obj, torch.Tensor):
         return torch.cat([obj, obj]) if obj.ndim > 0 and obj.shape[0] == batch else obj
     if isinstance(obj, dict):
-        return {key: _repeat(value, batch) for key, value in obj.items()}
+        return {key: value if key.endswith("_ids") else _repeat(value, batch) for key, value in obj.items()}
     if isinstance(obj, (list, tuple)):
         return type(obj)(_repeat(value, batch) for value in obj)
     return obj
@@ -142,9 +145,11 @@ def _map_sample(fn, dense: Any, pruned: Any) -> Any:
 
 
 def _unet_of(target: Any) -> nn.Module:
-    unet = getattr(target, "unet", target)
+    """The denoiser of a pipeline: its `.unet` (SD1.5 / SD2.1 / SDXL) or `.transformer` (SD3 / FLUX)."""
+    unet = getattr(target, "unet", None) or getattr(target, "transformer", None) or target
     if not isinstance(unet, nn.Module):
-        raise ValueError(f"expected a diffusers pipeline with a .unet or a UNet module, got {type(target).__name__}")
+        raise ValueError(f"expected a diffusers pipeline with a .unet / .transformer, or the model itself, got "
+                         f"{type(target).__name__}")
     return unet
 
 
@@ -157,14 +162,16 @@ def apply_crdiff(
     batched: bool = True,
     config: CRDiffConfig | None = None,
     index: MagnitudeIndex | None = None,
+    activations: Mapping[str, torch.Tensor] | None = None,
 ) -> Any:
     """Turn a pipeline (or UNet) into CR-Diff in place: BWP at `ratios` + POA with factor `k`
-    (`index`: precomputed magnitude histograms, for many applications to the same weights)."""
+    (`index`: precomputed magnitude histograms, for many applications to the same weights;
+    `activations`: calibration norms for criterion 'wanda', see `crdiff.calibration`)."""
     config = config or CRDiffConfig(ratios if ratios is not None else CRDiffConfig().ratios, k, criterion, seed, batched)
     unet = _unet_of(pipe)
     if is_crdiff(unet):
         raise ValueError("CR-Diff is already applied; call crdiff.remove_crdiff(pipe) first")
-    plan = plan_pruning(unet, config.ratios, config.criterion, config.seed, index)
+    plan = plan_pruning(unet, config.ratios, config.criterion, config.seed, index, activations, config.targets)
     branch = _Branch()
     modules = dict(unet.named_modules())
     for name in plan.names():

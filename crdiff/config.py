@@ -41,10 +41,19 @@ class PruningConfig:
     ratios: dict[str, float] = field(default_factory=lambda: {g: 0.3 for g in GROUPS})
     ratio: float | None = None
     seed: int = 0
+    targets: list[str] | None = None  # module-name suffixes to prune; null: method.md §1 (UNet) / DIT_TARGETS
+    # criterion=wanda (and method wanda): the first n prompts of the run, `steps` dense steps at the
+    # model's training resolution, give each layer's input-feature norms (crdiff.calibration)
+    calibration_prompts: int = 8
+    calibration_steps: int = 4
 
     def __post_init__(self) -> None:
         _choice("pruning.kind", self.kind, ("blockwise", "uniform", "none"))
         _choice("pruning.criterion", self.criterion, CRITERIA)
+        for name in ("calibration_prompts", "calibration_steps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"pruning.{name} is {value!r}; it must be a positive integer")
         if self.kind == "uniform":
             if self.ratio is None:
                 raise ValueError("pruning.kind=uniform needs pruning.ratio in [0, 1)")
@@ -147,7 +156,9 @@ class MetricsConfig:
 
     @property
     def needs_reference(self) -> bool:
-        return any(n in ("fid", "kid") for n in self.names)
+        from crdiff.metrics import REFERENCE_METRICS
+
+        return any(n in REFERENCE_METRICS for n in self.names)
 
     def semantic(self) -> dict[str, Any]:
         """What changes the metric values (not the batch size)."""
@@ -168,11 +179,12 @@ class RatioSearchConfig:
     compare: bool = False  # save dense vs refined images side by side with their scores
 
     def __post_init__(self) -> None:
-        from crdiff.metrics import METRICS
+        from crdiff.metrics import METRICS, REFERENCE_METRICS
 
         _choice("search.metric", self.metric, METRICS)
-        if self.metric in ("fid", "kid"):
-            raise ValueError("search.metric must be a per-image score (clip, image_reward, pickscore, aesthetic)")
+        if self.metric in REFERENCE_METRICS:
+            raise ValueError("search.metric must be a per-image score (clip, image_reward, pickscore, aesthetic, "
+                             "digit_accuracy)")
         for text in self.resolutions:
             Resolution.parse(text)
         self.settings()  # validates the constants

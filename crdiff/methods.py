@@ -5,6 +5,7 @@ crdiff       block-wise pruning + POA (`pruning`, `amplify`)
 bwp          block-wise pruning alone (k = 1)
 uniform      POA with one ratio for all groups (the mean of `pruning.ratios`, or `baselines.uniform_ratio`)
 random_mask  POA with a random mask of the same per-group sparsity (a "generic bad model")
+wanda        POA with activation-aware pruning (|w|·||x||, Wanda) at the same ratios
 freeu        FreeU (diffusers' built-in), per-model values of `baselines.freeu`
 entropy      attention-entropy scaling (Jin et al. 2023) on self-attention only
 """
@@ -21,7 +22,7 @@ from crdiff.amplify import CRDiffConfig, apply_crdiff, drop_hooks, remove_crdiff
 from crdiff.models import Resolution
 from crdiff.pruning import GROUPS
 
-METHODS = ("dense", "crdiff", "bwp", "uniform", "random_mask", "freeu", "entropy")
+METHODS = ("dense", "crdiff", "bwp", "uniform", "random_mask", "wanda", "freeu", "entropy")
 # FreeU's published values (s1, s2, b1, b2); SD1.5 as in diffusers' docs, SD2.1 / SDXL from the FreeU authors.
 FREEU = {"sd15": (0.9, 0.2, 1.5, 1.6), "sd21": (0.9, 0.2, 1.4, 1.6), "sdxl": (0.9, 0.2, 1.3, 1.4)}
 ENTROPY_HOOK = "crdiff_entropy_scaling"
@@ -30,16 +31,19 @@ ENTROPY_HOOK = "crdiff_entropy_scaling"
 def pruning_settings(run, name: str) -> CRDiffConfig | None:
     """The CR-Diff settings behind a pruning-based method (None for the others)."""
     p, a = run.pruning, run.amplify
+    t = p.targets
     if name == "crdiff":
-        return CRDiffConfig(p.ratios, a.k, p.criterion, p.seed, a.batched)
+        return CRDiffConfig(p.ratios, a.k, p.criterion, p.seed, a.batched, t)
     if name == "bwp":
-        return CRDiffConfig(p.ratios, 1.0, p.criterion, p.seed, a.batched)
+        return CRDiffConfig(p.ratios, 1.0, p.criterion, p.seed, a.batched, t)
     if name == "uniform":
         ratio = run.baselines.uniform_ratio
         ratio = sum(p.ratios.values()) / len(GROUPS) if ratio is None else ratio
-        return CRDiffConfig({g: ratio for g in GROUPS}, a.k, p.criterion, p.seed, a.batched)
+        return CRDiffConfig({g: ratio for g in GROUPS}, a.k, p.criterion, p.seed, a.batched, t)
     if name == "random_mask":
-        return CRDiffConfig(p.ratios, a.k, "random", p.seed, a.batched)
+        return CRDiffConfig(p.ratios, a.k, "random", p.seed, a.batched, t)
+    if name == "wanda":
+        return CRDiffConfig(p.ratios, a.k, "wanda", p.seed, a.batched, t)
     return None
 
 
@@ -56,8 +60,13 @@ def semantic(run, name: str) -> dict[str, Any]:
     """What changes a method's images, for the run key."""
     crd = pruning_settings(run, name)
     if crd is not None:
-        return {"ratios": crd.ratios, "criterion": crd.criterion, "k": crd.k,
-                "seed": crd.seed if crd.criterion == "random" else None}
+        out = {"ratios": crd.ratios, "criterion": crd.criterion, "k": crd.k,
+               "seed": crd.seed if crd.criterion == "random" else None}
+        if crd.targets is not None:
+            out["targets"] = list(crd.targets)
+        if crd.criterion == "wanda":
+            out["calibration"] = calibration_key(run)
+        return out
     if name == "freeu":
         return {"freeu": list(freeu_values(run))}
     if name == "entropy":
@@ -73,11 +82,36 @@ def train_resolution(run) -> Resolution:
     return Resolution.parse(run.resolutions.default[0])
 
 
+def calibration_key(run) -> dict[str, Any]:
+    """What the calibration norms depend on (criterion wanda)."""
+    from crdiff.prompts import load_prompts
+
+    prompts = load_prompts(run.prompts.kind, run.prompts.path, run.prompts.limit, run.prompts.texts)
+    n = min(run.pruning.calibration_prompts, len(prompts))
+    return {"prompts": list(prompts.prompts[:n]), "steps": run.pruning.calibration_steps,
+            "resolution": str(train_resolution(run)), "seed": run.sampler.seed, "guidance": run.sampler.guidance}
+
+
+def calibrate(pipe, run) -> dict[str, torch.Tensor]:
+    """The calibration norms of `run` (cached on the pipeline: one calibration per run and model)."""
+    from crdiff.calibration import activation_norms
+
+    key = repr(calibration_key(run))
+    cache = pipe.__dict__.setdefault("_crdiff_calibration", {})
+    if key not in cache:
+        c = calibration_key(run)
+        res = Resolution.parse(c["resolution"])
+        cache[key] = activation_norms(pipe, c["prompts"], res.height, res.width, c["steps"], c["seed"], c["guidance"])
+    return cache[key]
+
+
 def apply(pipe, run, name: str, resolution: Resolution) -> None:
     """Put `pipe` in method `name` for images of `resolution` (after `remove`)."""
     crd = pruning_settings(run, name)
     if crd is not None:
-        apply_crdiff(pipe, config=crd)
+        apply_crdiff(pipe, config=crd, activations=calibrate(pipe, run) if crd.criterion == "wanda" else None)
+    elif name in ("freeu", "entropy") and getattr(pipe, "unet", None) is None:
+        raise ValueError(f"method {name!r} is defined for UNet pipelines; {type(pipe).__name__} has none")
     elif name == "freeu":
         pipe.enable_freeu(*freeu_values(run))
     elif name == "entropy":
@@ -88,8 +122,9 @@ def apply(pipe, run, name: str, resolution: Resolution) -> None:
 def remove(pipe) -> None:
     """Back to dense: every method's change undone."""
     remove_crdiff(pipe)
-    pipe.disable_freeu()
-    remove_entropy_scaling(pipe.unet)
+    if getattr(pipe, "unet", None) is not None:  # FreeU and entropy scaling are UNet methods
+        pipe.disable_freeu()
+        remove_entropy_scaling(pipe.unet)
 
 
 class EntropyScaling(ModelHook):

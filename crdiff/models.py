@@ -44,7 +44,7 @@ class Resolution:
 class ModelSpec:
     """A registered model: where it comes from, its training resolution and the paper's dtype."""
 
-    source: str  # hub id, or "tiny:<kind>" for a stand-in built offline from config
+    source: str  # hub id; "tiny:<kind>" a stand-in built offline from config; "bundled:<name>" ships in crdiff
     resolution: Resolution
     dtype: str = "fp16"
 
@@ -54,9 +54,17 @@ MODELS: dict[str, ModelSpec] = {
     "sd15": ModelSpec("runwayml/stable-diffusion-v1-5", Resolution(512, 512)),
     # The paper treats 512x512 as SD2.1's default although this id is the 768 v-prediction model.
     "sd21": ModelSpec("stabilityai/stable-diffusion-2-1", Resolution(512, 512)),
+    # DiTs (issue 7): pruned by early / middle / late thirds of their blocks, see crdiff.pruning.DIT_TARGETS
+    "sd3": ModelSpec("stabilityai/stable-diffusion-3-medium-diffusers", Resolution(1024, 1024)),
+    "flux": ModelSpec("black-forest-labs/FLUX.1-dev", Resolution(1024, 1024), "bf16"),
+    # The miniature: a latent text-to-image model crdiff trained on handwritten digits at 32x32 only
+    # (scripts/train_tiny_t2i.py); real images offline, so the method can be judged on a CPU.
+    "digits": ModelSpec("bundled:digits", Resolution(32, 32), "fp32"),
     "tiny-sd15": ModelSpec("tiny:sd15", Resolution(64, 64), "fp32"),
     "tiny-sd21": ModelSpec("tiny:sd21", Resolution(64, 64), "fp32"),
     "tiny-sdxl": ModelSpec("tiny:sdxl", Resolution(64, 64), "fp32"),
+    "tiny-sd3": ModelSpec("tiny:sd3", Resolution(64, 64), "fp32"),
+    "tiny-flux": ModelSpec("tiny:flux", Resolution(64, 64), "fp32"),
 }
 
 
@@ -120,6 +128,13 @@ def resolve(name_or_path: str) -> str:
         source = MODELS[name_or_path].source
         if source.startswith("tiny:"):
             return str(tiny.ensure_saved(source.removeprefix("tiny:"), cache_dir() / "tiny"))
+        if source.startswith("bundled:"):
+            from crdiff import digits
+
+            if not (digits.PIPELINE_DIR / "model_index.json").is_file():
+                raise ModelUnavailableError(f"the bundled model {name_or_path!r} is missing from "
+                                            f"{digits.PIPELINE_DIR}; rebuild it with `{digits.TRAIN_COMMAND}`")
+            return str(digits.PIPELINE_DIR)
         return source
     if Path(name_or_path).is_dir() or re.fullmatch(r"[\w.-]+/[\w.-]+", name_or_path):
         return name_or_path

@@ -22,6 +22,7 @@ BUILTIN = [
     "A lighthouse on a rocky coast under a stormy sky",
     "A plate of pasta with tomatoes and basil",
 ]
+DIGIT_PROMPTS = 1000
 
 
 @dataclass(frozen=True)
@@ -31,7 +32,7 @@ class PromptSet:
     name: str
     prompts: tuple[str, ...]
     ids: tuple[str, ...]
-    image_paths: tuple[str, ...] | None = None  # real images (FID reference), e.g. COCO-5K
+    image_paths: tuple[str, ...] | None = None  # real images (FID reference), e.g. COCO-5K; any number
 
     def __post_init__(self) -> None:
         if not self.prompts:
@@ -63,8 +64,20 @@ class PromptSet:
 
 def load_prompts(kind: str = "builtin", path: str | None = None, limit: int | None = None,
                  texts: list[str] | None = None) -> PromptSet:
-    """Load a prompt set: `builtin`, `csv` (columns `prompt` and optional `id`, e.g. coco5k.csv), or
-    `list` (`texts`, a user's own prompts)."""
+    """Load a prompt set: `builtin`, `csv` (columns `prompt` and optional `id`, e.g. coco5k.csv), `list`
+    (`texts`, a user's own prompts) or `digits` (the miniature: "a handwritten digit <d>", d = i mod 10,
+    1,000 prompts; its FID reference is all 1,797 real digits whatever the limit)."""
+    if kind == "digits":
+        from crdiff import digits
+        from crdiff.models import cache_dir
+
+        prompts = [digits.prompt(i % 10) for i in range(DIGIT_PROMPTS)]
+        ids = [f"digits_{i}" for i in range(len(prompts))]
+        if limit is not None and limit < 1:
+            raise ValueError(f"prompts.limit is {limit}; it must be a positive integer or null")
+        n = len(prompts) if limit is None else limit
+        return PromptSet("digits", tuple(prompts[:n]), tuple(ids[:n]),
+                         tuple(digits.reference_files(cache_dir() / "reference" / "digits")))
     if kind == "list":
         prompts, ids, images, name = list(texts or []), [f"user_{i}" for i in range(len(texts or []))], None, "user"
     elif kind == "builtin":
@@ -88,7 +101,7 @@ def load_prompts(kind: str = "builtin", path: str | None = None, limit: int | No
         images = [r["image_path"] for r in rows] if "image_path" in (reader.fieldnames or []) else None
         name = file.stem if file.stem != "prompts" else file.parent.name
     else:
-        raise ValueError(f"unknown prompt kind {kind!r}; valid choices: ['builtin', 'csv', 'list']")
+        raise ValueError(f"unknown prompt kind {kind!r}; valid choices: ['builtin', 'csv', 'list', 'digits']")
     if limit is not None:
         if limit < 1:
             raise ValueError(f"prompts.limit is {limit}; it must be a positive integer or null")

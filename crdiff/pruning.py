@@ -16,12 +16,28 @@ from torch import nn
 
 GROUPS: dict[str, str] = {"down": "down_blocks", "mid": "mid_block", "up": "up_blocks"}
 TARGET_TYPES = (nn.Linear, nn.Conv2d)
+# A DiT (SD3, FLUX) has no down/mid/up blocks: its blocks in execution order (FLUX: the 19 double-stream
+# blocks, then the 38 single-stream ones) are cut into thirds, early / middle / late, which take the
+# places (and ratios) of down / mid / up. Ratios may be written with either set of names.
+DIT_BLOCKS = ("transformer_blocks", "single_transformer_blocks")
+DIT_GROUPS = {"early": "down", "middle": "mid", "late": "up"}
+# What BWP prunes in a DiT block (diffusers' names): joint attention q/k/v/out of the image stream and
+# of the context stream, both feed-forwards, and the single-stream blocks' attention and MLP.
+DIT_TARGETS = (
+    "attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0",
+    "attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj", "attn.to_add_out",
+    "ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2",
+    "proj_mlp", "proj_out",
+)
 
 
 def validate_ratios(ratios: Mapping[str, float]) -> dict[str, float]:
-    """Return `ratios` as a plain dict after checking keys (down/mid/up) and range [0, 1)."""
+    """Return `ratios` as a plain dict after checking keys (down/mid/up, or a DiT's early/middle/late)
+    and range [0, 1)."""
     if not isinstance(ratios, Mapping):
         raise ValueError(f"ratios must be a mapping with keys {list(GROUPS)}, got {ratios!r}")
+    if ratios and all(g in DIT_GROUPS for g in ratios):
+        ratios = {DIT_GROUPS[g]: v for g, v in ratios.items()}
     missing = [g for g in GROUPS if g not in ratios]
     unknown = [g for g in ratios if g not in GROUPS]
     if missing or unknown:
@@ -37,8 +53,35 @@ def validate_ratios(ratios: Mapping[str, float]) -> dict[str, float]:
     return out
 
 
-def target_modules(unet: nn.Module) -> dict[str, dict[str, nn.Module]]:
-    """Modules BWP prunes, by group: exact Linear/Conv2d, name has `attn` or `ff`, never `attn2`."""
+def is_dit(model: nn.Module) -> bool:
+    return isinstance(getattr(model, "transformer_blocks", None), nn.ModuleList)
+
+
+def target_modules(unet: nn.Module, targets: Iterable[str] | None = None) -> dict[str, dict[str, nn.Module]]:
+    """Modules BWP prunes, by group (down / mid / up; a DiT's early / middle / late thirds).
+
+    UNet: exact Linear/Conv2d whose name has `attn` or `ff`, never `attn2` (method.md §1). DiT: exact
+    Linear/Conv2d named `<block>.<t>` for t in `DIT_TARGETS`. `targets` (name suffixes, e.g.
+    ["attn1.to_q", "ff.net.2"]) restricts either rule to the modules ending in one of them.
+    """
+    suffixes = tuple(f".{t}" for t in targets) if targets is not None else None
+    chosen = {group: {} for group in GROUPS}
+    if is_dit(unet):
+        blocks = [f"{attr}.{i}" for attr in DIT_BLOCKS for i in range(len(getattr(unet, attr, ())))]
+        group_of = {b: list(GROUPS)[min(2, 3 * j // len(blocks))] for j, b in enumerate(blocks)}
+        for name, module in unet.named_modules():
+            block = ".".join(name.split(".")[:2])
+            if block not in group_of or type(module) not in TARGET_TYPES:
+                continue
+            if name.removeprefix(block + ".") in DIT_TARGETS and (suffixes is None or name.endswith(suffixes)):
+                chosen[group_of[block]][name] = module
+        return chosen
+    for group, modules in _unet_targets(unet).items():
+        chosen[group] = {n: m for n, m in modules.items() if suffixes is None or n.endswith(suffixes)}
+    return chosen
+
+
+def _unet_targets(unet: nn.Module) -> dict[str, dict[str, nn.Module]]:
     targets: dict[str, dict[str, nn.Module]] = {group: {} for group in GROUPS}
     for name, module in unet.named_modules():
         if type(module) not in TARGET_TYPES or "attn2" in name:
@@ -119,9 +162,9 @@ class MagnitudeIndex:
     """The top-digit histogram of each group's |w|, computed once: the ratio search then derives
     exact group thresholds for any ratio without reading the weights again (fp16/bf16)."""
 
-    def __init__(self, unet: nn.Module) -> None:
+    def __init__(self, unet: nn.Module, targets: Iterable[str] | None = None) -> None:
         self.top: dict[str, torch.Tensor] = {}
-        for group, modules in target_modules(unet).items():
+        for group, modules in target_modules(unet, targets).items():
             weights = [m.weight.detach() for m in modules.values()]
             if weights:
                 int_dtype = _int_view_dtype(weights[0].dtype)
@@ -241,33 +284,63 @@ def _random(plan: PruningPlan, weights: dict[str, torch.Tensor], ratio: float, s
         plan.packed[name] = pack_bits(keep.view(weights[name].shape)).to(weights[name].device)
 
 
+@register_criterion("wanda")
+def _wanda(plan: PruningPlan, weights: dict[str, torch.Tensor], ratio: float, seed: int,
+           activations: Mapping[str, torch.Tensor] | None = None) -> None:
+    """Activation-aware (Wanda, Sun et al. 2024): score |w_ij| · ||x_j||_2 with x_j the layer's j-th input
+    feature over calibration tokens; in each output row the int(row·ratio) lowest scores are pruned
+    (Wanda's per-output comparison group, so every row, layer and group has the same sparsity)."""
+    if activations is None:
+        raise ValueError("criterion 'wanda' needs calibration activations: crdiff.calibration.activation_norms")
+    for name, w in weights.items():
+        if name not in activations:
+            raise ValueError(f"no calibration activations for {name!r}")
+        rows = w.reshape(w.shape[0], -1)
+        norms = activations[name].to(device=w.device, dtype=torch.float32)
+        norms = norms.repeat_interleave(rows.shape[1] // norms.numel())  # conv: one norm per input channel
+        n = int(rows.shape[1] * ratio)
+        keep = torch.ones_like(rows, dtype=torch.bool)
+        if n:
+            # stable sort: equal scores pruned in input order, so the mask is reproducible
+            order = (rows.float().abs() * norms).sort(dim=1, stable=True).indices[:, :n]
+            keep.scatter_(1, order, False)
+        plan.packed[name] = pack_bits(keep.view(w.shape))
+
+
 def plan_pruning(
     unet: nn.Module, ratios: Mapping[str, float], criterion: str = "magnitude", seed: int = 0,
-    index: MagnitudeIndex | None = None,
+    index: MagnitudeIndex | None = None, activations: Mapping[str, torch.Tensor] | None = None,
+    targets: Iterable[str] | None = None,
 ) -> PruningPlan:
     """Validate the arguments and derive the pruning plan of every target module (`index`: reuse
-    precomputed magnitude histograms, see `MagnitudeIndex`)."""
+    precomputed magnitude histograms, see `MagnitudeIndex`; `activations`: per-layer input-feature
+    norms for criterion 'wanda', see `crdiff.calibration`)."""
     ratios = validate_ratios(ratios)
     if criterion not in CRITERIA:
         raise ValueError(f"unknown criterion '{criterion}'; valid choices: {sorted(CRITERIA)}")
-    targets = target_modules(unet)
-    plan = PruningPlan(ratios, criterion, {g: list(mods) for g, mods in targets.items()})
-    for number, (group, modules) in enumerate(targets.items()):
+    if criterion == "wanda" and activations is None:
+        raise ValueError("criterion 'wanda' needs calibration activations: crdiff.calibration.activation_norms")
+    chosen = target_modules(unet, targets)
+    plan = PruningPlan(ratios, criterion, {g: list(mods) for g, mods in chosen.items()})
+    for number, (group, modules) in enumerate(chosen.items()):
         if ratios[group] == 0 or not modules:  # ratio 0: the group is untouched
             continue
         weights = {name: m.weight.detach() for name, m in modules.items()}
         if criterion == "magnitude" and index is not None:
             _magnitude(plan, weights, ratios[group], seed, index.top[group])
+        elif criterion == "wanda":
+            _wanda(plan, weights, ratios[group], seed, activations)
         else:
             CRITERIA[criterion](plan, weights, ratios[group], seed + number)
     return plan
 
 
 def compute_masks(
-    unet: nn.Module, ratios: Mapping[str, float], criterion: str = "magnitude", seed: int = 0
+    unet: nn.Module, ratios: Mapping[str, float], criterion: str = "magnitude", seed: int = 0,
+    activations: Mapping[str, torch.Tensor] | None = None, targets: Iterable[str] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Keep-masks (True = weight kept) of every target module, keyed by qualified module name."""
-    plan = plan_pruning(unet, ratios, criterion, seed)
+    plan = plan_pruning(unet, ratios, criterion, seed, activations=activations, targets=targets)
     modules = dict(unet.named_modules())
     masks = {}
     for name in plan.names():

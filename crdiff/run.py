@@ -114,8 +114,10 @@ def score_all(p: Plan, ranks: distributed.Ranks, device: str) -> dict[str, dict[
         return scores
     metrics = build_all(p.run.metrics, device)
     mine = ranks.shard(list(range(len(p.prompts))))
+    reference = ranks.shard(list(range(len(p.prompts.image_paths or ()))))
     for job in tqdm(todo, desc="metrics", disable=not ranks.is_main):
-        scores[job.key] = score_job(metrics, p.run.metrics, p.prompts, job.folder, mine, ranks.is_main, ranks.world)
+        scores[job.key] = score_job(metrics, p.run.metrics, p.prompts, job.folder, mine, ranks.is_main, ranks.world,
+                                    reference)
     return scores
 
 

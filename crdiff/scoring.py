@@ -38,7 +38,8 @@ def _batches(paths: list[str], prompts: list[str], size: int, mode: str) -> Iter
 def load_reference(metric: ImageMetric, cfg: MetricsConfig, prompts: PromptSet, indices: list[int],
                    is_main: bool) -> None:
     """Real-image statistics: from the cache (rank 0 holds them, other ranks empty states), else
-    computed over this rank's share and cached from the synced states by rank 0."""
+    computed over this rank's share `indices` of `prompts.image_paths` and cached from the synced
+    states by rank 0."""
     cache = metric.cache_file(cache_dir() / "reference", f"{prompts.reference_digest()}-{cfg.preprocessing}")
     if cache.exists():
         metric.load_reference(cache, share=is_main)
@@ -50,15 +51,16 @@ def load_reference(metric: ImageMetric, cfg: MetricsConfig, prompts: PromptSet, 
 
 
 def score_job(metrics: dict[str, ImageMetric], cfg: MetricsConfig, prompts: PromptSet, folder: Path,
-              indices: list[int], is_main: bool, world: int) -> dict[str, float]:
-    """Scores of one job's images; every rank calls this with its own `indices` (a disjoint share)."""
+              indices: list[int], is_main: bool, world: int, reference: list[int] | None = None) -> dict[str, float]:
+    """Scores of one job's images; every rank calls this with its own `indices` (a disjoint share of
+    the prompts) and `reference` (its share of the reference images; default: `indices`)."""
     values = {}
     for name, metric in metrics.items():
         metric.reset()
         if name == "kid":  # subsets cannot be larger than the image sets
             metric.metric.subset_size = min(cfg.kid_subset_size, len(prompts))
         if metric.needs_reference:
-            load_reference(metric, cfg, prompts, indices, is_main)
+            load_reference(metric, cfg, prompts, indices if reference is None else reference, is_main)
         paths = [str(image_path(folder, i)) for i in indices]
         for images, texts in _batches(paths, [prompts.prompts[i] for i in indices], cfg.batch_size,
                                       cfg.preprocessing):

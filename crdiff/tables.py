@@ -14,6 +14,8 @@ import pandas as pd
 METRICS = {
     "fid": ("FID↓", False), "clip": ("CLIP↑", True), "image_reward": ("ImageReward↑", True),
     "pickscore": ("PickScore↑", True), "aesthetic": ("Aesthetic↑", True), "kid": ("KID↓", False),
+    # the miniature's analogues (crdiff.metrics.digits)
+    "digit_fid": ("digit-FID↓", False), "digit_accuracy": ("digit-acc↑", True),
 }
 MODEL_ORDER = ["sdxl", "sd15", "sd21"]
 PAPER_CSV = Path(__file__).resolve().parent.parent / "results" / "paper" / "tables_paper.csv"

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-KINDS = ("sd15", "sd21", "sdxl")
+KINDS = ("sd15", "sd21", "sdxl", "sd3", "flux")
 BUILD_VERSION = "1"  # bump when a builder changes, so cached folders are rebuilt
 
 
@@ -63,8 +63,67 @@ def _vae():
     )
 
 
+def _t5_tokenizer():
+    """A T5 (Unigram) tokenizer with a small made-up vocabulary: T5's real one cannot be fetched offline."""
+    from transformers import T5TokenizerFast
+
+    words = "a an the of on in with and red blue green cube sphere cat dog photo picture digit".split()
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
+    pieces += [(f"\u2581{w}", -5.0) for w in words] + [(c, -10.0) for c in "abcdefghijklmnopqrstuvwxyz0123456789"]
+    return T5TokenizerFast(vocab=pieces, extra_ids=0, model_max_length=32)
+
+
+def _t5_encoder(vocab_size: int):
+    from transformers import T5Config, T5EncoderModel
+
+    return T5EncoderModel(T5Config(vocab_size=vocab_size, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+                                   feed_forward_proj="gated-gelu"))
+
+
+def _dit_vae():
+    from diffusers import AutoencoderKL
+
+    # 16 latent channels as SD3 / FLUX, vae_scale_factor 8
+    return AutoencoderKL(
+        block_out_channels=(8, 16, 16, 16), down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4, latent_channels=16, norm_num_groups=8, sample_size=64,
+        shift_factor=0.0, scaling_factor=1.0, use_quant_conv=False, use_post_quant_conv=False,
+    )
+
+
+def build_dit(kind: str):
+    """Tiny SD3 (MMDiT, no T5: diffusers feeds zeros in its place) and FLUX (19-of-57-like split:
+    2 double-stream + 4 single-stream blocks) pipelines."""
+    from diffusers import (
+        FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel, SD3Transformer2DModel,
+        StableDiffusion3Pipeline,
+    )
+
+    if kind == "sd3":
+        transformer = SD3Transformer2DModel(
+            sample_size=8, patch_size=2, in_channels=16, out_channels=16, num_layers=6, attention_head_dim=8,
+            num_attention_heads=4, joint_attention_dim=64, caption_projection_dim=32, pooled_projection_dim=64,
+            pos_embed_max_size=32,
+        )
+        return StableDiffusion3Pipeline(
+            transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=_dit_vae(),
+            text_encoder=_text_encoder(True), tokenizer=_tokenizer(), text_encoder_2=_text_encoder(True, "gelu"),
+            tokenizer_2=_tokenizer(pad_token="!"), text_encoder_3=None, tokenizer_3=None,
+        )
+    transformer = FluxTransformer2DModel(
+        patch_size=1, in_channels=64, num_layers=2, num_single_layers=4, attention_head_dim=8, num_attention_heads=4,
+        joint_attention_dim=32, pooled_projection_dim=32, guidance_embeds=True, axes_dims_rope=(2, 2, 4),
+    )
+    tokenizer_2 = _t5_tokenizer()
+    return FluxPipeline(
+        transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=1.0), vae=_dit_vae(),
+        text_encoder=_text_encoder(), tokenizer=_tokenizer(), text_encoder_2=_t5_encoder(len(tokenizer_2)),
+        tokenizer_2=tokenizer_2,
+    )
+
+
 def build(kind: str, seed: int = 0):
-    """A tiny pipeline of `kind` (sd15 | sd21 | sdxl) with seeded random weights."""
+    """A tiny pipeline of `kind` (sd15 | sd21 | sdxl | sd3 | flux) with seeded random weights."""
     from diffusers import (
         DDIMScheduler, EulerDiscreteScheduler, PNDMScheduler, StableDiffusionPipeline,
         StableDiffusionXLPipeline, UNet2DConditionModel,
@@ -73,6 +132,8 @@ def build(kind: str, seed: int = 0):
     if kind not in KINDS:
         raise ValueError(f"unknown tiny model kind {kind!r}; valid choices: {KINDS}")
     torch.manual_seed(seed)
+    if kind in ("sd3", "flux"):
+        return build_dit(kind)
     common = dict(sample_size=8, norm_num_groups=8, layers_per_block=2, block_out_channels=(16, 32, 64))
     if kind == "sdxl":
         unet = UNet2DConditionModel(

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from crdiff.metrics.base import ImageMetric
 
-METRICS = ("fid", "kid", "clip", "image_reward", "pickscore", "aesthetic")
+METRICS = ("fid", "kid", "clip", "image_reward", "pickscore", "aesthetic", "digit_fid", "digit_accuracy")
+REFERENCE_METRICS = ("fid", "kid", "digit_fid")  # distribution metrics: they need real reference images
 
 
 def build_metric(name: str, tiny: bool = False, device: str = "cpu", **options) -> ImageMetric:
@@ -14,6 +15,10 @@ def build_metric(name: str, tiny: bool = False, device: str = "cpu", **options) 
 
     if name not in METRICS:
         raise ValueError(f"unknown metric {name!r}; valid choices: {list(METRICS)}")
+    if name.startswith("digit_"):  # the miniature's metrics: the shipped classifier, tiny or not
+        from crdiff.metrics.digits import DigitAccuracy, DigitFID
+
+        return (DigitFID if name == "digit_fid" else DigitAccuracy)(device=device)
     if name in ("fid", "kid"):
         cls = fid.FID if name == "fid" else fid.KID
         if tiny:
