@@ -124,13 +124,16 @@ def _batch_size(args: tuple, kwargs: dict) -> int:
     return sample.shape[0]
 
 
+_POSITIONS = ("img_ids", "txt_ids")  # FLUX's per-token positions (SDXL's per-sample time_ids are repeated)
+
+
 def _repeat(obj: Any, batch: int) -> Any:
     """Stack every batch-leading tensor twice (dense half, pruned half); leave the rest as is.
     FLUX's `img_ids` / `txt_ids` are per-token positions, never per-sample: left alone."""
     if isinstance(obj, torch.Tensor):
         return torch.cat([obj, obj]) if obj.ndim > 0 and obj.shape[0] == batch else obj
     if isinstance(obj, dict):
-        return {key: value if key.endswith("_ids") else _repeat(value, batch) for key, value in obj.items()}
+        return {key: value if key in _POSITIONS else _repeat(value, batch) for key, value in obj.items()}
     if isinstance(obj, (list, tuple)):
         return type(obj)(_repeat(value, batch) for value in obj)
     return obj

@@ -144,6 +144,25 @@ def resolve(name_or_path: str) -> str:
     )
 
 
+def _dropped_components(source: str) -> dict[str, None]:
+    """Components a saved folder lacks on purpose (e.g. SD3 without T5: `text_encoder_3=None`), passed as
+    None so diffusers loads the folder as it was saved."""
+    import json
+
+    import diffusers
+
+    index = Path(source) / "model_index.json"
+    if not index.is_file():
+        return {}
+    entries = json.loads(index.read_text())
+    cls = getattr(diffusers, entries.get("_class_name", ""), None)
+    if cls is None:
+        return {}
+    expected, _ = cls._get_signature_keys(cls)
+    return {name: None for name in expected if entries.get(name, [None, None]) == [None, None]
+            and name not in cls._optional_components}
+
+
 def load_pipeline(
     name_or_path: str, dtype: str | torch.dtype | None = None, device: str | torch.device = "cpu", **kwargs: Any
 ):
@@ -158,6 +177,7 @@ def load_pipeline(
             raise ValueError(f"unknown dtype {dtype!r}; valid choices: {sorted(DTYPES)}")
         dtype = DTYPES[dtype]
     source = resolve(name_or_path)
+    kwargs = {**_dropped_components(source), **kwargs}
     try:
         pipe = DiffusionPipeline.from_pretrained(source, dtype=dtype, **kwargs)
     except (OSError, LocalEntryNotFoundError) as err:

@@ -46,8 +46,10 @@ def clean(tiny_pipes):
 
 
 def test_groups_are_thirds_of_the_blocks_and_targets_are_explicit(clean):
-    sd3 = target_modules(clean("sd3").transformer)  # 6 joint blocks: 2 / 2 / 2, 12 targets each
-    assert {g: len(m) for g, m in sd3.items()} == {"down": 24, "mid": 24, "up": 24}
+    # 6 joint blocks: 2 / 2 / 2, 12 targets each, but the last one is context_pre_only (no to_add_out,
+    # no ff_context): it has 9
+    sd3 = target_modules(clean("sd3").transformer)
+    assert {g: len(m) for g, m in sd3.items()} == {"down": 24, "mid": 24, "up": 21}
     assert all(n.split(".")[1] in "01" for n in sd3["down"]) and all(n.split(".")[1] in "45" for n in sd3["up"])
     flux = target_modules(clean("flux").transformer)  # 2 double (12 each) then 4 single (5 each): 2 / 2 / 2 blocks
     assert {g: len(m) for g, m in flux.items()} == {"down": 24, "mid": 10, "up": 10}
@@ -90,7 +92,10 @@ def test_pipeline_prunes_amplifies_and_removes_exactly(clean, kind):
     crdiff.remove_crdiff(pipe)
     assert torch.equal(generate(pipe), dense)
     assert not torch.equal(amplified, dense)
-    assert not any(hasattr(m, "_diffusers_hook") or "forward" in m.__dict__ for m in pipe.transformer.modules())
+    # FLUX's pipeline keeps an (empty) diffusers hook registry of its own for cache contexts: no hook may remain
+    assert not any(getattr(m, "_diffusers_hook", None) is not None and m._diffusers_hook.hooks
+                   for m in pipe.transformer.modules())
+    assert not any("forward" in m.__dict__ for m in pipe.transformer.modules() if m is not pipe.transformer)
 
 
 def test_runner_on_tiny_flux_with_the_dit_pruning_config(tmp_path):
