@@ -13,8 +13,14 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev,launchers,metrics]'
 	touch $@
 
+# The main job: the miniature (a digits model crdiff trained at 32x32) offline on the CPU. 1. a short
+# ratio search (its preset goes to outputs/presets, the shipped one stays); 2. dense vs CR-Diff at
+# 32x32 and four unseen sizes with the miniature metrics; 3. tables and figures in outputs/tables.
 main: install
-	$(BIN)/python -m crdiff.run experiment=smoke
+	$(BIN)/python -m crdiff.run experiment=miniature_search search.anneal.iterations=6 prompts.limit=20 \
+		search.preset_root=outputs/presets
+	$(BIN)/python -m crdiff.run experiment=miniature
+	$(BIN)/python scripts/make_tables.py --results outputs --out outputs/tables
 
 test: install
 	$(BIN)/python -m pytest -q

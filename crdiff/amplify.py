@@ -166,11 +166,14 @@ def apply_crdiff(
     config: CRDiffConfig | None = None,
     index: MagnitudeIndex | None = None,
     activations: Mapping[str, torch.Tensor] | None = None,
+    targets: tuple[str, ...] | list[str] | None = None,
 ) -> Any:
     """Turn a pipeline (or UNet) into CR-Diff in place: BWP at `ratios` + POA with factor `k`
     (`index`: precomputed magnitude histograms, for many applications to the same weights;
-    `activations`: calibration norms for criterion 'wanda', see `crdiff.calibration`)."""
-    config = config or CRDiffConfig(ratios if ratios is not None else CRDiffConfig().ratios, k, criterion, seed, batched)
+    `activations`: calibration norms for criterion 'wanda', see `crdiff.calibration`; `targets`: module-name
+    suffixes restricting the pruned layers)."""
+    config = config or CRDiffConfig(ratios if ratios is not None else CRDiffConfig().ratios, k, criterion, seed, batched,
+                                    targets)
     unet = _unet_of(pipe)
     if is_crdiff(unet):
         raise ValueError("CR-Diff is already applied; call crdiff.remove_crdiff(pipe) first")

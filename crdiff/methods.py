@@ -24,7 +24,9 @@ from crdiff.pruning import GROUPS
 
 METHODS = ("dense", "crdiff", "bwp", "uniform", "random_mask", "wanda", "freeu", "entropy")
 # FreeU's published values (s1, s2, b1, b2); SD1.5 as in diffusers' docs, SD2.1 / SDXL from the FreeU authors.
-FREEU = {"sd15": (0.9, 0.2, 1.5, 1.6), "sd21": (0.9, 0.2, 1.4, 1.6), "sdxl": (0.9, 0.2, 1.3, 1.4)}
+# The miniature (digits) is an SD1.5-class UNet: it takes SD1.5's values (not tuned for it).
+FREEU = {"sd15": (0.9, 0.2, 1.5, 1.6), "sd21": (0.9, 0.2, 1.4, 1.6), "sdxl": (0.9, 0.2, 1.3, 1.4),
+         "digits": (0.9, 0.2, 1.5, 1.6)}
 ENTROPY_HOOK = "crdiff_entropy_scaling"
 
 

@@ -46,7 +46,7 @@ class PromptSet:
                 raise ValueError(f"prompt set '{self.name}' has duplicate id {pid!r} (rows {seen[pid]} and {i})")
             seen[pid] = i
         repeated = len(self.prompts) - len(set(self.prompts))
-        if repeated:  # legitimate in COCO (identical captions of different images), so not an error
+        if repeated and self.name != "digits":  # digits: ten prompts repeated on purpose  # legitimate in COCO (identical captions of different images), so not an error
             log.warning("prompt set '%s' repeats %d prompt texts (ids differ, so do seeds)", self.name, repeated)
 
     def digest(self) -> str:

@@ -101,6 +101,8 @@ def compare_with_paper(rows: pd.DataFrame) -> pd.DataFrame:
     ours = long_form(rows).rename(columns={"value": "ours"})
     paper = long_form(paper_rows()).rename(columns={"value": "paper"})
     merged = ours.merge(paper, on=["model", "setting", "resolution", "method", "metric"], how="inner")
+    if merged.empty:  # e.g. the miniature: nothing the paper reports
+        return merged
     merged["delta"] = merged.ours - merged.paper
     change = merged.pivot_table(index=["model", "setting", "resolution", "metric"], columns="method",
                                 values=["ours", "paper"], aggfunc="first")

@@ -1,0 +1,99 @@
+"""Tables and figures of the miniature study (results/miniature/) from the runs' result rows.
+
+    python -m crdiff.run experiment=miniature                                   # main comparison (make main)
+    python -m crdiff.run experiment=miniature_baselines output_dir=study/baselines
+    python -m crdiff.run -m experiment=miniature_sweep_k output_dir=study/sweep_k
+    python -m crdiff.run -m experiment=miniature_sweep_ratios output_dir=study/sweep_ratios
+    python scripts/miniature_study.py --main outputs --baselines study/baselines --sweep-k study/sweep_k \
+        --sweep-ratios study/sweep_ratios --out results/miniature
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from crdiff.plots import metric_vs_k, metric_vs_resolution
+from crdiff.results import load_table
+from crdiff.tables import METRICS, paper_table, to_markdown
+
+NAMES = ["digit_accuracy", "digit_fid"]
+
+
+def header(title: str, rows: pd.DataFrame, command: str) -> list[str]:
+    import json
+
+    first = sorted(Path(rows.image_dir.iloc[0]).parents[3].glob("results/*.json"))[0]
+    prov = json.loads(first.read_text())["provenance"]
+    return [f"# {title}", "", f"- command: `{command}`",
+            f"- commit {prov['git_sha'][:10]}, {prov['device_name']} ({prov['device']}), torch {prov['torch']}, "
+            f"diffusers {prov['diffusers']}, {prov['time']}",
+            f"- {rows.n_images.iloc[0]} images per cell (prompt i = digit i mod 10, seed i), {rows.steps.iloc[0]} DDIM "
+            f"steps, guidance {rows.guidance.iloc[0]}", ""]
+
+
+def pivot(rows: pd.DataFrame, index: list[str], metric: str) -> str:
+    table = rows.pivot_table(index=index, columns="resolution", values=metric, aggfunc="first")
+    order = list(dict.fromkeys(rows.sort_values(["height", "width"]).resolution))
+    table = table[[r for r in order if r in table.columns]]
+    lines = ["| " + " | ".join(index + list(table.columns)) + " |", "|" + "---|" * (len(index) + len(table.columns))]
+    for key, values in table.iterrows():
+        key = key if isinstance(key, tuple) else (key,)
+        lines.append("| " + " | ".join([*map(str, key), *(f"{v:.3f}" for v in values)]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    for name in ("main", "baselines", "sweep_k", "sweep_ratios"):
+        parser.add_argument(f"--{name.replace('_', '-')}", help=f"output_dir of the {name} run")
+    parser.add_argument("--out", default="results/miniature")
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    if args.main:
+        rows = load_table(args.main)
+        rows = rows[rows.experiment == "miniature"]
+        lines = header("Miniature: dense vs CR-Diff", rows, "make main")
+        for setting, title in (("default", "Training resolution"), ("unseen", "Unseen resolutions")):
+            lines += [f"## {title}", "", to_markdown(paper_table(rows, setting)), ""]
+        (out / "main.md").write_text("\n".join(lines))
+        written += [out / "main.md", metric_vs_resolution(rows, "digits", out)]
+    if args.baselines:
+        rows = load_table(args.baselines)
+        methods = tuple(dict.fromkeys(rows.method))
+        lines = header("Miniature: every method side by side", rows, "python -m crdiff.run experiment=miniature_baselines")
+        for metric in NAMES:
+            lines += [f"## {METRICS[metric][0]}", "", pivot(rows.assign(method=pd.Categorical(rows.method, methods)),
+                                                            ["method"], metric), ""]
+        (out / "baselines.md").write_text("\n".join(lines))
+        written.append(out / "baselines.md")
+    if args.sweep_k:
+        rows = load_table(args.sweep_k)
+        rows.loc[rows.method == "dense", "k"] = 0.0
+        lines = header("Miniature: k sweep (k = 0 is dense, k = 1 is BWP alone)", rows,
+                       "python -m crdiff.run -m experiment=miniature_sweep_k")
+        for metric in NAMES:
+            lines += [f"## {METRICS[metric][0]}", "", pivot(rows, ["k"], metric), ""]
+        (out / "sweep_k.md").write_text("\n".join(lines))
+        written += [out / "sweep_k.md", metric_vs_k(rows.assign(k=rows.k.where(rows.method != "dense")), "digits", out)]
+    if args.sweep_ratios:
+        rows = load_table(args.sweep_ratios)
+        rows = rows.assign(ratios=[("dense" if m == "dense" else f"{d:.1f} / {mi:.1f} / {u:.1f}")
+                                   for m, d, mi, u in zip(rows.method, rows.ratio_down, rows.ratio_mid, rows.ratio_up)])
+        lines = header("Miniature: ratio sweep (down / mid / up, k = 1.5)", rows,
+                       "python -m crdiff.run -m experiment=miniature_sweep_ratios")
+        for metric in NAMES:
+            lines += [f"## {METRICS[metric][0]}", "", pivot(rows, ["ratios"], metric), ""]
+        (out / "sweep_ratios.md").write_text("\n".join(lines))
+        written.append(out / "sweep_ratios.md")
+    print("\n".join(str(p) for p in written if p))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
