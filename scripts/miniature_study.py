@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from crdiff.methods import METHODS
 from crdiff.plots import metric_vs_k, metric_vs_resolution
 from crdiff.results import load_table
 from crdiff.tables import METRICS, paper_table, to_markdown
@@ -65,11 +66,11 @@ def main(argv=None) -> int:
         written += [out / "main.md", metric_vs_resolution(rows, "digits", out)]
     if args.baselines:
         rows = load_table(args.baselines)
-        methods = tuple(dict.fromkeys(rows.method))
+        methods = [m for m in METHODS if m in set(rows.method)]  # the documented order
         lines = header("Miniature: every method side by side", rows, "python -m crdiff.run experiment=miniature_baselines")
         for metric in NAMES:
-            lines += [f"## {METRICS[metric][0]}", "", pivot(rows.assign(method=pd.Categorical(rows.method, methods)),
-                                                            ["method"], metric), ""]
+            ordered = rows.assign(method=pd.Categorical(rows.method, methods, ordered=True))
+            lines += [f"## {METRICS[metric][0]}", "", pivot(ordered, ["method"], metric), ""]
         (out / "baselines.md").write_text("\n".join(lines))
         written.append(out / "baselines.md")
     if args.sweep_k:
