@@ -47,6 +47,12 @@ class ModelSpec:
     source: str  # hub id; "tiny:<kind>" a stand-in built offline from config; "bundled:<name>" ships in crdiff
     resolution: Resolution
     dtype: str = "fp16"
+    multiple: int = 8  # image sides must be multiples of this: VAE factor 8, x2 for a DiT's 2x2 patches
+
+    def check(self, resolution: Resolution) -> None:
+        if resolution.height % self.multiple or resolution.width % self.multiple:
+            raise ValueError(f"resolution {resolution} does not fit this model: height and width must be multiples "
+                             f"of {self.multiple} (VAE factor 8 x the transformer's 2x2 patches)")
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -55,16 +61,16 @@ MODELS: dict[str, ModelSpec] = {
     # The paper treats 512x512 as SD2.1's default although this id is the 768 v-prediction model.
     "sd21": ModelSpec("stabilityai/stable-diffusion-2-1", Resolution(512, 512)),
     # DiTs (issue 7): pruned by early / middle / late thirds of their blocks, see crdiff.pruning.DIT_TARGETS
-    "sd3": ModelSpec("stabilityai/stable-diffusion-3-medium-diffusers", Resolution(1024, 1024)),
-    "flux": ModelSpec("black-forest-labs/FLUX.1-dev", Resolution(1024, 1024), "bf16"),
+    "sd3": ModelSpec("stabilityai/stable-diffusion-3-medium-diffusers", Resolution(1024, 1024), multiple=16),
+    "flux": ModelSpec("black-forest-labs/FLUX.1-dev", Resolution(1024, 1024), "bf16", multiple=16),
     # The miniature: a latent text-to-image model crdiff trained on handwritten digits at 32x32 only
     # (scripts/train_tiny_t2i.py); real images offline, so the method can be judged on a CPU.
     "digits": ModelSpec("bundled:digits", Resolution(32, 32), "fp32"),
     "tiny-sd15": ModelSpec("tiny:sd15", Resolution(64, 64), "fp32"),
     "tiny-sd21": ModelSpec("tiny:sd21", Resolution(64, 64), "fp32"),
     "tiny-sdxl": ModelSpec("tiny:sdxl", Resolution(64, 64), "fp32"),
-    "tiny-sd3": ModelSpec("tiny:sd3", Resolution(64, 64), "fp32"),
-    "tiny-flux": ModelSpec("tiny:flux", Resolution(64, 64), "fp32"),
+    "tiny-sd3": ModelSpec("tiny:sd3", Resolution(64, 64), "fp32", multiple=16),
+    "tiny-flux": ModelSpec("tiny:flux", Resolution(64, 64), "fp32", multiple=16),
 }
 
 

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from crdiff import distributed
 from crdiff.config import RunConfig
-from crdiff.models import Resolution
+from crdiff.models import MODELS, Resolution
 from crdiff.prompts import PromptSet, load_prompts
 from crdiff.pruning import GROUPS
 from crdiff.results import load_table, provenance, run_key, write_row
@@ -57,6 +57,9 @@ def plan(run: RunConfig) -> Plan:
         missing = [p for p in prompts.image_paths if not Path(p).is_file()]
         if missing:
             raise ValueError(f"{len(missing)} reference images are missing, e.g. {missing[0]!r}")
+    if run.model.name in MODELS:
+        for _, res in run.resolutions.selected():
+            MODELS[run.model.name].check(res)
     jobs = []
     for method in run.methods:
         semantic = {**run.semantic(method), "prompts": prompt_key}

@@ -112,3 +112,11 @@ def test_unet_only_methods_refuse_a_dit_clearly(clean):
     run = compose_run("experiment=smoke", "model=tiny-sd3")
     with pytest.raises(ValueError, match="UNet"):
         methods.apply(clean("sd3"), run, "freeu", methods.Resolution(64, 64))
+
+
+def test_a_size_the_transformer_cannot_patch_is_one_clear_error():
+    from crdiff.run import plan
+
+    with pytest.raises(ValueError, match="multiples of 16"):
+        plan(compose_run("experiment=smoke", "model=tiny-sd3", "resolutions.unseen=[40x72]"))
+    assert compose_run("model=flux").resolutions.unseen == ["512x512", "400x560", "480x368"]

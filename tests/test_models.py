@@ -17,7 +17,8 @@ def test_registry_has_the_papers_models():
     assert str(crdiff.MODELS["sdxl"].resolution) == "1024x1024"
     assert crdiff.MODELS["sd15"].source == "runwayml/stable-diffusion-v1-5"
     assert crdiff.MODELS["sd21"].source == "stabilityai/stable-diffusion-2-1"
-    assert {m.dtype for n, m in crdiff.MODELS.items() if not n.startswith("tiny")} == {"fp16"}
+    assert {crdiff.MODELS[n].dtype for n in ("sdxl", "sd15", "sd21", "sd3")} == {"fp16"}  # the paper's (REF) dtype
+    assert crdiff.MODELS["flux"].dtype == "bf16" and crdiff.MODELS["digits"].dtype == "fp32"
 
 
 @pytest.mark.parametrize("kind,cls", [("sd15", StableDiffusionPipeline), ("sd21", StableDiffusionPipeline),
