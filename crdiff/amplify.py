@@ -147,7 +147,7 @@ def _map_sample(fn, dense: Any, pruned: Any) -> Any:
     return dense
 
 
-def _unet_of(target: Any) -> nn.Module:
+def denoiser_of(target: Any) -> nn.Module:
     """The denoiser of a pipeline: its `.unet` (SD1.5 / SD2.1 / SDXL) or `.transformer` (SD3 / FLUX)."""
     unet = getattr(target, "unet", None) or getattr(target, "transformer", None) or target
     if not isinstance(unet, nn.Module):
@@ -174,7 +174,7 @@ def apply_crdiff(
     suffixes restricting the pruned layers)."""
     config = config or CRDiffConfig(ratios if ratios is not None else CRDiffConfig().ratios, k, criterion, seed, batched,
                                     targets)
-    unet = _unet_of(pipe)
+    unet = denoiser_of(pipe)
     if is_crdiff(unet):
         raise ValueError("CR-Diff is already applied; call crdiff.remove_crdiff(pipe) first")
     plan = plan_pruning(unet, config.ratios, config.criterion, config.seed, index, activations, config.targets)
@@ -189,7 +189,7 @@ def apply_crdiff(
 
 
 def is_crdiff(pipe: Any) -> bool:
-    registry = getattr(_unet_of(pipe), "_diffusers_hook", None)
+    registry = getattr(denoiser_of(pipe), "_diffusers_hook", None)
     return registry is not None and registry.get_hook(POA_HOOK) is not None
 
 
@@ -197,12 +197,12 @@ def crdiff_config(pipe: Any) -> CRDiffConfig:
     """The live config of an applied CR-Diff (its `k` may be changed in place between calls)."""
     if not is_crdiff(pipe):
         raise ValueError("CR-Diff is not applied to this pipeline")
-    return _unet_of(pipe)._diffusers_hook.get_hook(POA_HOOK).config
+    return denoiser_of(pipe)._diffusers_hook.get_hook(POA_HOOK).config
 
 
 def remove_crdiff(pipe: Any) -> Any:
     """Undo `apply_crdiff`: every hook and attribute it added is gone; weights were never changed."""
-    drop_hooks(_unet_of(pipe), (POA_HOOK, PRUNE_HOOK))
+    drop_hooks(denoiser_of(pipe), (POA_HOOK, PRUNE_HOOK))
     return pipe
 
 

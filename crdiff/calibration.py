@@ -18,9 +18,9 @@ from crdiff.pruning import target_modules
 def activation_norms(pipe, prompts: Sequence[str], height: int, width: int, steps: int = 4, seed: int = 0,
                      guidance: float = 7.5) -> dict[str, torch.Tensor]:
     """{target layer name: ||x_j||_2 per input feature j} (float64, CPU) over the calibration run."""
-    from crdiff.amplify import _unet_of, is_crdiff
+    from crdiff.amplify import denoiser_of, is_crdiff
 
-    model = _unet_of(pipe)
+    model = denoiser_of(pipe)
     if is_crdiff(model):
         raise ValueError("calibrate the dense model: call crdiff.remove_crdiff(pipe) first")
     if not prompts:

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+REAL_COUNT = 1797  # scikit-learn's digits
 SIZE = 32  # the training resolution of the digits model and the classifier's input size
 ASSETS = Path(__file__).parent / "assets"
 PIPELINE_DIR = ASSETS / "digits-t2i"
@@ -57,9 +58,9 @@ def reference_files(folder: Path) -> list[str]:
     from PIL import Image
 
     folder = Path(folder)
-    images, _ = real_digits()
-    paths = [folder / f"digit_{i:04d}.png" for i in range(len(images))]
-    if not all(p.is_file() for p in paths):
+    paths = [folder / f"digit_{i:04d}.png" for i in range(REAL_COUNT)]
+    if not all(p.is_file() for p in paths):  # decode and upscale the digits only when files are missing
+        images, _ = real_digits()
         folder.mkdir(parents=True, exist_ok=True)
         pixels = (images[:, 0] * 255).round().to(torch.uint8).numpy()
         for path, array in zip(paths, pixels):

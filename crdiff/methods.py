@@ -98,10 +98,10 @@ def calibrate(pipe, run) -> dict[str, torch.Tensor]:
     """The calibration norms of `run` (cached on the pipeline: one calibration per run and model)."""
     from crdiff.calibration import activation_norms
 
-    key = repr(calibration_key(run))
+    c = calibration_key(run)
+    key = repr(c)
     cache = pipe.__dict__.setdefault("_crdiff_calibration", {})
     if key not in cache:
-        c = calibration_key(run)
         res = Resolution.parse(c["resolution"])
         cache[key] = activation_norms(pipe, c["prompts"], res.height, res.width, c["steps"], c["seed"], c["guidance"])
     return cache[key]

@@ -98,6 +98,31 @@ UNET_CONFIGS: dict[str, dict[str, Any]] = {
 }
 
 
+# The real DiT architectures (diffusers classes and configs of SD3-medium and FLUX.1-dev).
+TRANSFORMER_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
+    "sd3": ("SD3Transformer2DModel", dict(
+        sample_size=128, patch_size=2, in_channels=16, out_channels=16, num_layers=24, attention_head_dim=64,
+        num_attention_heads=24, joint_attention_dim=4096, caption_projection_dim=1536, pooled_projection_dim=2048,
+        pos_embed_max_size=192)),
+    "flux": ("FluxTransformer2DModel", dict(
+        patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
+        num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True,
+        axes_dims_rope=(16, 56, 56))),
+}
+
+
+def _random_weights(model, dtype: torch.dtype, device: str, seed: int):
+    """A meta-device model materialised on `device` with N(0, 0.02²) weights and zero buffers."""
+    model = model.to_empty(device=device).to(dtype)
+    generator = torch.Generator(device).manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.02, generator=generator)
+        for buffer in model.buffers():
+            buffer.zero_()
+    return model.eval()
+
+
 def random_unet(name: str, dtype: torch.dtype = torch.float32, device: str = "cpu", seed: int = 0,
                 meta: bool = False):
     """The real UNet architecture `name` with random N(0, 0.02²) weights (no download), or on `meta`."""
@@ -107,16 +132,20 @@ def random_unet(name: str, dtype: torch.dtype = torch.float32, device: str = "cp
         raise ValueError(f"unknown UNet config {name!r}; valid choices: {sorted(UNET_CONFIGS)}")
     with torch.device("meta"):
         unet = UNet2DConditionModel(**UNET_CONFIGS[name])
-    if meta:
-        return unet
-    unet = unet.to_empty(device=device).to(dtype)
-    generator = torch.Generator(device).manual_seed(seed)
-    with torch.no_grad():
-        for p in unet.parameters():
-            p.normal_(0.0, 0.02, generator=generator)
-        for buffer in unet.buffers():
-            buffer.zero_()
-    return unet.eval()
+    return unet if meta else _random_weights(unet, dtype, device, seed)
+
+
+def random_transformer(name: str, dtype: torch.dtype = torch.bfloat16, device: str = "cpu", seed: int = 0,
+                       meta: bool = False):
+    """The real DiT architecture `name` (sd3 | flux) with random N(0, 0.02²) weights, or on `meta`."""
+    import diffusers
+
+    if name not in TRANSFORMER_CONFIGS:
+        raise ValueError(f"unknown transformer config {name!r}; valid choices: {sorted(TRANSFORMER_CONFIGS)}")
+    cls, config = TRANSFORMER_CONFIGS[name]
+    with torch.device("meta"):
+        model = getattr(diffusers, cls)(**config)
+    return model if meta else _random_weights(model, dtype, device, seed)
 
 
 class ModelUnavailableError(RuntimeError):

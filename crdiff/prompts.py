@@ -46,7 +46,8 @@ class PromptSet:
                 raise ValueError(f"prompt set '{self.name}' has duplicate id {pid!r} (rows {seen[pid]} and {i})")
             seen[pid] = i
         repeated = len(self.prompts) - len(set(self.prompts))
-        if repeated and self.name != "digits":  # digits: ten prompts repeated on purpose  # legitimate in COCO (identical captions of different images), so not an error
+        # legitimate in COCO (identical captions of different images), so not an error; by design in digits
+        if repeated and self.name != "digits":
             log.warning("prompt set '%s' repeats %d prompt texts (ids differ, so do seeds)", self.name, repeated)
 
     def digest(self) -> str:
@@ -67,18 +68,15 @@ def load_prompts(kind: str = "builtin", path: str | None = None, limit: int | No
     """Load a prompt set: `builtin`, `csv` (columns `prompt` and optional `id`, e.g. coco5k.csv), `list`
     (`texts`, a user's own prompts) or `digits` (the miniature: "a handwritten digit <d>", d = i mod 10,
     1,000 prompts; its FID reference is all 1,797 real digits whatever the limit)."""
+    paired = True  # image_paths[i] belongs to prompt i (COCO), so `limit` cuts both
     if kind == "digits":
         from crdiff import digits
         from crdiff.models import cache_dir
 
         prompts = [digits.prompt(i % 10) for i in range(DIGIT_PROMPTS)]
         ids = [f"digits_{i}" for i in range(len(prompts))]
-        if limit is not None and limit < 1:
-            raise ValueError(f"prompts.limit is {limit}; it must be a positive integer or null")
-        n = len(prompts) if limit is None else limit
-        return PromptSet("digits", tuple(prompts[:n]), tuple(ids[:n]),
-                         tuple(digits.reference_files(cache_dir() / "reference" / "digits")))
-    if kind == "list":
+        images, name, paired = digits.reference_files(cache_dir() / "reference" / "digits"), "digits", False
+    elif kind == "list":
         prompts, ids, images, name = list(texts or []), [f"user_{i}" for i in range(len(texts or []))], None, "user"
     elif kind == "builtin":
         prompts = BUILTIN
@@ -105,7 +103,7 @@ def load_prompts(kind: str = "builtin", path: str | None = None, limit: int | No
     if limit is not None:
         if limit < 1:
             raise ValueError(f"prompts.limit is {limit}; it must be a positive integer or null")
-        prompts, ids, images = prompts[:limit], ids[:limit], images[:limit] if images else None
+        prompts, ids, images = prompts[:limit], ids[:limit], images[:limit] if images and paired else images
     return PromptSet(name, tuple(prompts), tuple(ids), tuple(images) if images else None)
 
 

@@ -163,6 +163,7 @@ class MagnitudeIndex:
     exact group thresholds for any ratio without reading the weights again (fp16/bf16)."""
 
     def __init__(self, unet: nn.Module, targets: Iterable[str] | None = None) -> None:
+        self.targets = None if targets is None else tuple(targets)
         self.top: dict[str, torch.Tensor] = {}
         for group, modules in target_modules(unet, targets).items():
             weights = [m.weight.detach() for m in modules.values()]
@@ -222,9 +223,11 @@ def unpack_bits(packed: torch.Tensor, shape: torch.Size) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------------------------
-# Criteria: (weights of one group by name, ratio, seed) -> fills the plan. One registry.
+# Criteria: (plan, weights of one group by name, ratio, seed, *, top, activations) -> fills the plan.
+# One registry; `top` (the group's MagnitudeIndex histogram) and `activations` (calibration norms) are
+# context a criterion may use and otherwise ignores.
 
-Criterion = Callable[[PruningPlan, dict[str, torch.Tensor], float, int], None]
+Criterion = Callable[..., None]
 CRITERIA: dict[str, Criterion] = {}
 
 
@@ -243,7 +246,7 @@ def num_to_prune(numel: int, ratio: float) -> int:
 
 @register_criterion("magnitude")
 def _magnitude(plan: PruningPlan, weights: dict[str, torch.Tensor], ratio: float, seed: int,
-               top: torch.Tensor | None = None) -> None:
+               top: torch.Tensor | None = None, **_) -> None:
     """One threshold per group: the max(1, int(N·ratio))-th smallest |w| over the whole group."""
     numel = sum(w.numel() for w in weights.values())
     threshold = kth_smallest_abs(list(weights.values()), num_to_prune(numel, ratio), top)
@@ -251,14 +254,14 @@ def _magnitude(plan: PruningPlan, weights: dict[str, torch.Tensor], ratio: float
 
 
 @register_criterion("magnitude_layerwise")
-def _magnitude_layerwise(plan: PruningPlan, weights: dict[str, torch.Tensor], ratio: float, seed: int) -> None:
+def _magnitude_layerwise(plan: PruningPlan, weights: dict[str, torch.Tensor], ratio: float, seed: int, **_) -> None:
     """One threshold per layer, same rule as `magnitude` applied to each layer alone."""
     for name, w in weights.items():
         plan.thresholds[name] = kth_smallest_abs([w], num_to_prune(w.numel(), ratio))
 
 
 @register_criterion("random")
-def _random(plan: PruningPlan, weights: dict[str, torch.Tensor], ratio: float, seed: int) -> None:
+def _random(plan: PruningPlan, weights: dict[str, torch.Tensor], ratio: float, seed: int, **_) -> None:
     """Exactly int(N·ratio) weights of the group pruned, uniformly at random (seeded, device-free).
 
     Every weight gets a uniform float64 score regenerated from (seed, layer index) on the CPU, so no
@@ -286,7 +289,7 @@ def _random(plan: PruningPlan, weights: dict[str, torch.Tensor], ratio: float, s
 
 @register_criterion("wanda")
 def _wanda(plan: PruningPlan, weights: dict[str, torch.Tensor], ratio: float, seed: int,
-           activations: Mapping[str, torch.Tensor] | None = None) -> None:
+           activations: Mapping[str, torch.Tensor] | None = None, **_) -> None:
     """Activation-aware (Wanda, Sun et al. 2024): score |w_ij| · ||x_j||_2 with x_j the layer's j-th input
     feature over calibration tokens; in each output row the int(row·ratio) lowest scores are pruned
     (Wanda's per-output comparison group, so every row, layer and group has the same sparsity)."""
@@ -318,20 +321,17 @@ def plan_pruning(
     ratios = validate_ratios(ratios)
     if criterion not in CRITERIA:
         raise ValueError(f"unknown criterion '{criterion}'; valid choices: {sorted(CRITERIA)}")
-    if criterion == "wanda" and activations is None:
-        raise ValueError("criterion 'wanda' needs calibration activations: crdiff.calibration.activation_norms")
+    targets = None if targets is None else tuple(targets)
+    if index is not None and index.targets != targets:
+        raise ValueError(f"the MagnitudeIndex was built for targets {index.targets}, not {targets}")
     chosen = target_modules(unet, targets)
     plan = PruningPlan(ratios, criterion, {g: list(mods) for g, mods in chosen.items()})
     for number, (group, modules) in enumerate(chosen.items()):
         if ratios[group] == 0 or not modules:  # ratio 0: the group is untouched
             continue
         weights = {name: m.weight.detach() for name, m in modules.items()}
-        if criterion == "magnitude" and index is not None:
-            _magnitude(plan, weights, ratios[group], seed, index.top[group])
-        elif criterion == "wanda":
-            _wanda(plan, weights, ratios[group], seed, activations)
-        else:
-            CRITERIA[criterion](plan, weights, ratios[group], seed + number)
+        top = index.top[group] if index is not None else None
+        CRITERIA[criterion](plan, weights, ratios[group], seed + number, top=top, activations=activations)
     return plan
 
 

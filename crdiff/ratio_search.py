@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from crdiff import distributed
-from crdiff.amplify import _unet_of, apply_crdiff, remove_crdiff
+from crdiff.amplify import apply_crdiff, denoiser_of, remove_crdiff
 from crdiff.config import RunConfig
 from crdiff.metrics import ImageMetric, build_metric, preprocess
 from crdiff.models import Resolution, load_pipeline
@@ -124,7 +124,7 @@ def run_search(run: RunConfig) -> dict[str, Any]:
         set_scheduler(pipe, run.sampler.scheduler)
         metric = build_metric(run.search.metric, tiny=run.metrics.tiny, device=device)
         objective = Objective(pipe, prompts, ranks.shard(list(range(len(prompts)))), resolutions, run, metric,
-                              MagnitudeIndex(_unet_of(pipe)))
+                              MagnitudeIndex(denoiser_of(pipe)))
         tracker = Tracker(run.wandb, {"search": str(folder)}, f"search-{run.model.name}", run.output_dir) \
             if ranks.is_main else None
 

@@ -42,14 +42,14 @@ def _tokenizer(pad_token: str = "<|endoftext|>"):
         return CLIPTokenizer.from_pretrained(tmp, pad_token=pad_token, model_max_length=77)
 
 
-def _text_encoder(with_projection: bool = False, act: str = "quick_gelu"):
+def _text_encoder(with_projection: bool = False, act: str = "quick_gelu", **overrides):
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    config = CLIPTextConfig(
-        vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, max_position_embeddings=77, projection_dim=32, hidden_act=act,
-        bos_token_id=49406, eos_token_id=49407, pad_token_id=49407,
-    )
+    config = CLIPTextConfig(**{
+        "vocab_size": 49408, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "max_position_embeddings": 77, "projection_dim": 32, "hidden_act": act,
+        "bos_token_id": 49406, "eos_token_id": 49407, "pad_token_id": 49407, **overrides,
+    })
     return (CLIPTextModelWithProjection if with_projection else CLIPTextModel)(config)
 
 
@@ -165,15 +165,16 @@ def build(kind: str, seed: int = 0):
     )
 
 
-def ensure_saved(kind: str, root: Path) -> Path:
-    """Folder holding the saved tiny pipeline `kind`; built and saved atomically on first use."""
-    folder = Path(root) / f"{kind}-v{BUILD_VERSION}"
-    if (folder / "model_index.json").exists():
-        return folder
+def save_atomically(pipe, folder: Path, replace: bool = False) -> Path:
+    """`save_pretrained` into a temporary sibling, then rename: no reader ever sees half a folder.
+    `replace=False` keeps a folder another process finished first; `True` replaces an existing one."""
+    folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{kind}-"))
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}-"))
     try:
-        build(kind).save_pretrained(tmp)
+        pipe.save_pretrained(tmp)
+        if replace and folder.exists():
+            shutil.rmtree(folder)
         os.replace(tmp, folder)
     except OSError:
         if not (folder / "model_index.json").exists():  # lost a race with another process: fine
@@ -181,3 +182,11 @@ def ensure_saved(kind: str, root: Path) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return folder
+
+
+def ensure_saved(kind: str, root: Path) -> Path:
+    """Folder holding the saved tiny pipeline `kind`; built and saved atomically on first use."""
+    folder = Path(root) / f"{kind}-v{BUILD_VERSION}"
+    if (folder / "model_index.json").exists():
+        return folder
+    return save_atomically(build(kind), folder)

@@ -10,8 +10,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +17,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from crdiff import digits
+from crdiff import digits, tiny
 
 log = logging.getLogger(__name__)
 
@@ -114,16 +112,6 @@ def train_vae(cfg: TrainConfig):
     return vae.requires_grad_(False)
 
 
-def _text_encoder():
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    return CLIPTextModel(CLIPTextConfig(
-        vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-        max_position_embeddings=77, hidden_act="quick_gelu", bos_token_id=49406, eos_token_id=49407,
-        pad_token_id=49407,
-    ))
-
-
 def train_unet(cfg: TrainConfig, vae, tokenizer):
     """UNet + text encoder, epsilon prediction on SD's noise schedule, 32x32 captioned digits only.
     Returns the EMA weights of both."""
@@ -131,7 +119,8 @@ def train_unet(cfg: TrainConfig, vae, tokenizer):
 
     torch.manual_seed(cfg.seed + 2)
     generator = torch.Generator().manual_seed(cfg.seed + 2)
-    unet, text_encoder = UNet2DConditionModel(**cfg.unet), _text_encoder()
+    # the tiny SD1.5-like CLIP text encoder with 2 heads (projection_dim: the config default, unused by CLIPTextModel)
+    unet, text_encoder = UNet2DConditionModel(**cfg.unet), tiny._text_encoder(num_attention_heads=2, projection_dim=512)
     noise_schedule = DDPMScheduler(**SCHEDULE)
     images, labels = digits.real_digits()
     with torch.no_grad():
@@ -187,9 +176,6 @@ def train(cfg: TrainConfig, pipeline_dir: Path = digits.PIPELINE_DIR,
           classifier_file: Path = digits.CLASSIFIER_FILE) -> dict:
     """Train everything and write the pipeline folder and classifier file (each replaced atomically)."""
     from safetensors.torch import save_file
-    from transformers import CLIPTokenizer
-
-    from crdiff.tiny import clip_tokenizer_files
 
     torch.set_num_threads(cfg.threads)
     torch.use_deterministic_algorithms(True)
@@ -202,24 +188,14 @@ def train(cfg: TrainConfig, pipeline_dir: Path = digits.PIPELINE_DIR,
     vae = train_vae(cfg)
     times["vae_s"] = time.perf_counter() - start
     log.info("vae: scaling_factor %s (%.0f s)", vae.config.scaling_factor, times["vae_s"])
-    with tempfile.TemporaryDirectory() as tmp:
-        clip_tokenizer_files(Path(tmp))
-        tokenizer = CLIPTokenizer.from_pretrained(tmp, pad_token="<|endoftext|>", model_max_length=77)
+    tokenizer = tiny._tokenizer()
     start = time.perf_counter()
     unet, text_encoder = train_unet(cfg, vae, tokenizer)
     times["unet_s"] = time.perf_counter() - start
     log.info("unet + text encoder: %.0f s", times["unet_s"])
 
-    pipeline_dir, classifier_file = Path(pipeline_dir), Path(classifier_file)
-    pipeline_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=pipeline_dir.parent, prefix=".digits-"))
-    try:
-        build_pipeline(vae, text_encoder, tokenizer, unet).save_pretrained(staging)
-        if pipeline_dir.exists():
-            shutil.rmtree(pipeline_dir)
-        os.replace(staging, pipeline_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    tiny.save_atomically(build_pipeline(vae, text_encoder, tokenizer, unet), pipeline_dir, replace=True)
+    classifier_file = Path(classifier_file)
     tmp_file = classifier_file.with_suffix(".tmp")
     save_file({k: v.contiguous() for k, v in classifier.state_dict().items()}, tmp_file)
     os.replace(tmp_file, classifier_file)

@@ -19,38 +19,12 @@ from pathlib import Path
 import torch
 
 import crdiff
-from crdiff.models import Resolution
+from crdiff.models import TRANSFORMER_CONFIGS, Resolution, random_transformer
 from crdiff.pruning import target_modules
 from crdiff.reference import pruned_copy, two_copy_forward
 
 MODES = ("dense", "poa", "poa_batched", "two_copy")
 RATIOS = {"early": 0.3, "middle": 0.3, "late": 0.3}
-CONFIGS = {
-    "sd3": ("SD3Transformer2DModel", dict(
-        sample_size=128, patch_size=2, in_channels=16, out_channels=16, num_layers=24, attention_head_dim=64,
-        num_attention_heads=24, joint_attention_dim=4096, caption_projection_dim=1536, pooled_projection_dim=2048,
-        pos_embed_max_size=192)),
-    "flux": ("FluxTransformer2DModel", dict(
-        patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
-        num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True,
-        axes_dims_rope=(16, 56, 56))),
-}
-
-
-def random_transformer(name: str, dtype, device):
-    import diffusers
-
-    cls, config = CONFIGS[name]
-    with torch.device("meta"):
-        model = getattr(diffusers, cls)(**config)
-    model = model.to_empty(device=device).to(dtype)
-    g = torch.Generator(device).manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0.0, 0.02, generator=g)
-    return model.eval()
-
-
 def inputs(name: str, res: Resolution, dtype, device) -> dict:
     g = torch.Generator(device).manual_seed(0)
     r = lambda *shape: torch.randn(*shape, generator=g, device=device, dtype=dtype)  # noqa: E731
@@ -96,7 +70,7 @@ def run_mode(model, name: str, mode: str, res: Resolution, steps: int, k: float)
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", choices=sorted(CONFIGS), required=True)
+    parser.add_argument("--model", choices=sorted(TRANSFORMER_CONFIGS), required=True)
     parser.add_argument("--resolution", default="1024x1024")
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--k", type=float, default=1.5)

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -24,10 +25,8 @@ from crdiff.tables import METRICS, paper_table, to_markdown
 NAMES = ["digit_accuracy", "digit_fid"]
 
 
-def header(title: str, rows: pd.DataFrame, command: str) -> list[str]:
-    import json
-
-    first = sorted(Path(rows.image_dir.iloc[0]).parents[3].glob("results/*.json"))[0]
+def header(title: str, rows: pd.DataFrame, command: str, output_dir: str) -> list[str]:
+    first = sorted(Path(output_dir, "results").glob("*.json"))[0]
     prov = json.loads(first.read_text())["provenance"]
     return [f"# {title}", "", f"- command: `{command}`",
             f"- commit {prov['git_sha'][:10]}, {prov['device_name']} ({prov['device']}), torch {prov['torch']}, "
@@ -47,10 +46,37 @@ def pivot(rows: pd.DataFrame, index: list[str], metric: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def real_floor(sizes=(50, 100), draws: int = 3, seed: int = 0) -> str:
+    """digit-FID of `draws` random subsets of each size of the real digits vs all 1,797 (same preprocessing)."""
+    import torch
+    from PIL import Image
+
+    from crdiff import digits
+    from crdiff.metrics import build_metric, preprocess
+
+    images, _ = digits.real_digits()
+    real = [preprocess(Image.fromarray((im[0] * 255).round().byte().numpy()).convert("RGB")) for im in images]
+    generator = torch.Generator().manual_seed(seed)
+    lines = ["# digit-FID of real digits against the reference (the small-sample floor)", "",
+             f"- `python scripts/miniature_study.py --real-floor`; subsets drawn with torch seed {seed}", "",
+             "| images | " + " | ".join(f"draw {d + 1}" for d in range(draws)) + " |", "|---|" + "---|" * draws]
+    for n in sizes:
+        values = []
+        for _ in range(draws):
+            fid = build_metric("digit_fid")
+            fid.update_reference(real)
+            fid.update([real[i] for i in torch.randperm(len(real), generator=generator)[:n].tolist()], [""] * n)
+            values.append(f"{fid.compute():.1f}")
+        lines.append(f"| {n} | " + " | ".join(values) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     for name in ("main", "baselines", "sweep_k", "sweep_ratios"):
         parser.add_argument(f"--{name.replace('_', '-')}", help=f"output_dir of the {name} run")
+    parser.add_argument("--real-floor", action="store_true",
+                        help="digit-FID of random subsets of the real digits against all of them (the small-sample floor)")
     parser.add_argument("--out", default="results/miniature")
     args = parser.parse_args(argv)
     out = Path(args.out)
@@ -59,7 +85,7 @@ def main(argv=None) -> int:
     if args.main:
         rows = load_table(args.main)
         rows = rows[rows.experiment == "miniature"]
-        lines = header("Miniature: dense vs CR-Diff", rows, "make main")
+        lines = header("Miniature: dense vs CR-Diff", rows, "make main", args.main)
         for setting, title in (("default", "Training resolution"), ("unseen", "Unseen resolutions")):
             lines += [f"## {title}", "", to_markdown(paper_table(rows, setting)), ""]
         (out / "main.md").write_text("\n".join(lines))
@@ -67,7 +93,8 @@ def main(argv=None) -> int:
     if args.baselines:
         rows = load_table(args.baselines)
         methods = [m for m in METHODS if m in set(rows.method)]  # the documented order
-        lines = header("Miniature: every method side by side", rows, "python -m crdiff.run experiment=miniature_baselines")
+        lines = header("Miniature: every method side by side", rows, "python -m crdiff.run experiment=miniature_baselines",
+                       args.baselines)
         for metric in NAMES:
             ordered = rows.assign(method=pd.Categorical(rows.method, methods, ordered=True))
             lines += [f"## {METRICS[metric][0]}", "", pivot(ordered, ["method"], metric), ""]
@@ -77,7 +104,7 @@ def main(argv=None) -> int:
         rows = load_table(args.sweep_k)
         rows.loc[rows.method == "dense", "k"] = 0.0
         lines = header("Miniature: k sweep (k = 0 is dense, k = 1 is BWP alone)", rows,
-                       "python -m crdiff.run -m experiment=miniature_sweep_k")
+                       "python -m crdiff.run -m experiment=miniature_sweep_k", args.sweep_k)
         for metric in NAMES:
             lines += [f"## {METRICS[metric][0]}", "", pivot(rows, ["k"], metric), ""]
         (out / "sweep_k.md").write_text("\n".join(lines))
@@ -87,11 +114,14 @@ def main(argv=None) -> int:
         rows = rows.assign(ratios=[("dense" if m == "dense" else f"{d:.1f} / {mi:.1f} / {u:.1f}")
                                    for m, d, mi, u in zip(rows.method, rows.ratio_down, rows.ratio_mid, rows.ratio_up)])
         lines = header("Miniature: ratio sweep (down / mid / up, k = 1.5)", rows,
-                       "python -m crdiff.run -m experiment=miniature_sweep_ratios")
+                       "python -m crdiff.run -m experiment=miniature_sweep_ratios", args.sweep_ratios)
         for metric in NAMES:
             lines += [f"## {METRICS[metric][0]}", "", pivot(rows, ["ratios"], metric), ""]
         (out / "sweep_ratios.md").write_text("\n".join(lines))
         written.append(out / "sweep_ratios.md")
+    if args.real_floor:
+        (out / "real_floor.md").write_text(real_floor())
+        written.append(out / "real_floor.md")
     print("\n".join(str(p) for p in written if p))
     return 0
 

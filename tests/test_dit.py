@@ -60,10 +60,9 @@ def test_groups_are_thirds_of_the_blocks_and_targets_are_explicit(clean):
 
 
 def test_real_flux_config_prunes_every_block_linear_but_the_modulation():
-    from diffusers import FluxTransformer2DModel
+    from crdiff.models import random_transformer
 
-    with torch.device("meta"):
-        flux = FluxTransformer2DModel()  # the FLUX.1-dev architecture: 19 double + 38 single blocks
+    flux = random_transformer("flux", meta=True)  # the FLUX.1-dev architecture: 19 double + 38 single blocks
     chosen = {n for mods in target_modules(flux).values() for n in mods}
     linears = {n for n, m in flux.named_modules() if isinstance(m, torch.nn.Linear) and "transformer_blocks." in n}
     assert linears - chosen == {n for n in linears if ".norm" in n}  # adaLN modulation only
