@@ -164,7 +164,7 @@ def resolve(name_or_path: str) -> str:
         if source.startswith("tiny:"):
             return str(tiny.ensure_saved(source.removeprefix("tiny:"), cache_dir() / "tiny"))
         if source.startswith("bundled:"):
-            from crdiff import digits
+            from crdiff.miniature import digits
 
             if not (digits.PIPELINE_DIR / "model_index.json").is_file():
                 raise ModelUnavailableError(f"the bundled model {name_or_path!r} is missing from "

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from crdiff.pruning import GROUPS
-from crdiff.results import atomic_write_json
+from crdiff import atomic
 
 log = logging.getLogger(__name__)
 Point = dict[str, float]
@@ -82,7 +82,7 @@ class SearchState:
     cache: dict[str, float] = field(default_factory=dict)
 
     def save(self, path: Path) -> None:
-        atomic_write_json(path, asdict(self))
+        atomic.write_json(path, asdict(self))
 
     @classmethod
     def load(cls, path: Path) -> SearchState:

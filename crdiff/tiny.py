@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
-import shutil
 import tempfile
 from pathlib import Path
 
 import torch
+
+from crdiff import atomic
 
 KINDS = ("sd15", "sd21", "sdxl", "sd3", "flux")
 BUILD_VERSION = "1"  # bump when a builder changes, so cached folders are rebuilt
@@ -166,22 +166,8 @@ def build(kind: str, seed: int = 0):
 
 
 def save_atomically(pipe, folder: Path, replace: bool = False) -> Path:
-    """`save_pretrained` into a temporary sibling, then rename: no reader ever sees half a folder.
-    `replace=False` keeps a folder another process finished first; `True` replaces an existing one."""
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}-"))
-    try:
-        pipe.save_pretrained(tmp)
-        if replace and folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    except OSError:
-        if not (folder / "model_index.json").exists():  # lost a race with another process: fine
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return folder
+    """`save_pretrained` into a temporary sibling, then rename: no reader ever sees half a folder."""
+    return atomic.save_folder(pipe.save_pretrained, folder, replace)
 
 
 def ensure_saved(kind: str, root: Path) -> Path:

@@ -164,7 +164,8 @@ def measure(fn, device: str):
 
 def run_thresholds(args) -> list[dict]:
     """Exact group thresholds on the real SDXL target shapes, random bf16 weights."""
-    from crdiff.pruning import kth_smallest_abs, num_to_prune, target_modules
+    from crdiff._select import kth_smallest_abs
+    from crdiff.pruning import num_to_prune, target_modules
 
     targets = target_modules(random_unet("sdxl", meta=True))
     g = torch.Generator(args.device).manual_seed(0)

@@ -7,9 +7,9 @@
 import argparse
 import sys
 
-from crdiff.plots import metric_vs_k, metric_vs_resolution
-from crdiff.results import load_table
-from crdiff.tables import paper_rows, write_all
+from crdiff.report.plots import metric_vs_k, metric_vs_resolution
+from crdiff.experiment.results import load_table
+from crdiff.report.tables import paper_rows, write_all
 
 
 def main(argv=None) -> int:

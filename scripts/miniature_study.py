@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from crdiff.methods import METHODS
-from crdiff.plots import metric_vs_k, metric_vs_resolution
-from crdiff.results import load_table
-from crdiff.tables import METRICS, paper_table, to_markdown
+from crdiff.experiment.methods import METHODS
+from crdiff.report.plots import metric_vs_k, metric_vs_resolution
+from crdiff.experiment.results import load_table
+from crdiff.report.tables import METRICS, paper_table, to_markdown
 
 NAMES = ["digit_accuracy", "digit_fid"]
 
@@ -51,7 +51,7 @@ def real_floor(sizes=(50, 100), draws: int = 3, seed: int = 0) -> str:
     import torch
     from PIL import Image
 
-    from crdiff import digits
+    from crdiff.miniature import digits
     from crdiff.metrics import build_metric, preprocess
 
     images, _ = digits.real_digits()

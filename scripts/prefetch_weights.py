@@ -14,9 +14,9 @@ os.environ.pop("HF_HUB_OFFLINE", None)  # this script's job is to download: read
 from hydra import compose, initialize_config_dir  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
-from crdiff.config import RunConfig  # noqa: E402
+from crdiff.experiment.config import RunConfig  # noqa: E402
 from crdiff.models import resolve  # noqa: E402
-from crdiff.scoring import build_all  # noqa: E402
+from crdiff.experiment.scoring import build_all  # noqa: E402
 
 
 def main(overrides: list[str]) -> int:

@@ -10,8 +10,8 @@ import logging
 import sys
 from pathlib import Path
 
-from crdiff.coco import sample_coco
-from crdiff.prompts import write_prompt_csv
+from crdiff.experiment.coco import sample_coco
+from crdiff.experiment.prompts import write_prompt_csv
 
 
 def main(argv=None) -> int:

@@ -17,8 +17,8 @@ import platform
 import subprocess
 from pathlib import Path
 
-from crdiff import digits
-from crdiff.train_digits import TrainConfig, train
+from crdiff.miniature import digits
+from crdiff.miniature.train import TrainConfig, train
 
 
 def main() -> None:

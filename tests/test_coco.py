@@ -4,8 +4,8 @@ import csv
 import json
 import random
 
-from crdiff.coco import coco_image_name, sample_coco
-from crdiff.prompts import load_prompts
+from crdiff.experiment.coco import coco_image_name, sample_coco
+from crdiff.experiment.prompts import load_prompts
 
 import importlib.util
 from pathlib import Path

@@ -9,7 +9,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from crdiff import digits, load_pipeline
+from crdiff import load_pipeline
+
+from crdiff.miniature import digits
 from crdiff.metrics import build_metric, preprocess
 from crdiff.models import ModelUnavailableError
 
@@ -54,7 +56,7 @@ def test_draws_the_prompted_digit_at_its_training_resolution(pipe):
 
 
 def test_classifier_reads_held_out_real_digits(real):
-    from crdiff.train_digits import _split
+    from crdiff.miniature.train import _split
 
     pil, labels = real
     _, held = _split(len(pil), torch.Generator().manual_seed(0))  # the split the classifier did not see
@@ -101,7 +103,7 @@ def test_missing_bundled_model_names_the_training_script(monkeypatch, tmp_path):
 
 
 def test_training_is_deterministic(tmp_path):
-    from crdiff.train_digits import TrainConfig, train
+    from crdiff.miniature.train import TrainConfig, train
 
     cfg = TrainConfig(classifier_steps=3, vae_steps=2, unet_steps=2, batch_size=8, vae_batch_size=4)
     threads = torch.get_num_threads()

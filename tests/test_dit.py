@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import crdiff
-from crdiff import methods
+from crdiff.experiment import methods
 from crdiff.pruning import DIT_TARGETS, target_modules
 from crdiff.reference import pruned_copy, two_copy_forward
 
@@ -98,7 +98,7 @@ def test_pipeline_prunes_amplifies_and_removes_exactly(clean, kind):
 
 
 def test_runner_on_tiny_flux_with_the_dit_pruning_config(tmp_path):
-    from crdiff.run import execute
+    from crdiff.experiment.run import execute
 
     run = compose_run("experiment=smoke", "model=tiny-flux", "pruning=dit", f"output_dir={tmp_path}",
                       "prompts.limit=2", "metrics=none", "sampler.steps=2", "resolutions.sets=[default]")
@@ -114,7 +114,7 @@ def test_unet_only_methods_refuse_a_dit_clearly(clean):
 
 
 def test_a_size_the_transformer_cannot_patch_is_one_clear_error():
-    from crdiff.run import plan
+    from crdiff.experiment.run import plan
 
     with pytest.raises(ValueError, match="multiples of 16"):
         plan(compose_run("experiment=smoke", "model=tiny-sd3", "resolutions.unseen=[40x72]"))

@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from crdiff import methods
-from crdiff.config import RunConfig
+from crdiff.experiment import methods
+from crdiff.experiment.config import RunConfig
 
 from test_run import compose_run
 
@@ -63,7 +63,7 @@ def test_pruning_baselines_share_the_crdiff_settings(run):
 
 
 def test_one_experiment_runs_every_method_side_by_side(tmp_path):
-    from crdiff.run import execute
+    from crdiff.experiment.run import execute
 
     summary = execute(compose_run("experiment=smoke", f"output_dir={tmp_path}", f"methods={ALL}".replace("'", ""),
                                   "resolutions.sets=[unseen]", "prompts.limit=1", "metrics=none"))

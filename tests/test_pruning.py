@@ -7,7 +7,8 @@ import torch
 from diffusers import UNet2DConditionModel
 
 import crdiff
-from crdiff.pruning import kth_smallest_abs, pack_bits, plan_pruning, unpack_bits
+from crdiff._select import kth_smallest_abs, pack_bits, unpack_bits
+from crdiff.pruning import plan_pruning
 
 PREFIXES = {"down": "down_blocks", "mid": "mid_block", "up": "up_blocks"}
 RATIO_TRIPLES = [(0.0, 0.0, 0.0), (0.3, 0.5, 0.7), (0.95, 0.1, 0.0), (0.5, 0.5, 0.5), (0.0, 0.95, 0.2)]

@@ -14,8 +14,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from PIL import Image
 
-from crdiff.config import RunConfig
-from crdiff.run import execute, plan
+from crdiff.experiment.config import RunConfig
+from crdiff.experiment.run import execute, plan
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = str(ROOT / "conf")
@@ -186,8 +186,8 @@ def test_wandb_failure_never_fails_the_run(monkeypatch, tmp_path):
 
 
 def test_wandb_offline_runs_are_one_per_job(tmp_path):
-    from crdiff.config import WandbConfig
-    from crdiff.tracking import Tracker
+    from crdiff.experiment.config import WandbConfig
+    from crdiff.experiment.tracking import Tracker
 
     ids = []
     for job in range(2):
@@ -280,7 +280,7 @@ def test_two_process_torchrun_equals_one_process(tmp_path):
     assert "crdiff: generated 24 images, skipped 0" in two.stdout
     want, got = images(tmp_path / "one"), images(tmp_path / "two")
     assert len(want) == 24 and want.keys() == got.keys() and all(np.array_equal(want[k], got[k]) for k in want)
-    from crdiff.results import load_table
+    from crdiff.experiment.results import load_table
 
     a, b = (load_table(tmp_path / d).set_index("key").sort_index() for d in ("one", "two"))
     assert len(a) == 6 and list(a.index) == list(b.index)

@@ -150,7 +150,7 @@ def test_search_smoke_resumes_after_a_kill_and_writes_a_preset_a_table_experimen
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from crdiff.config import RunConfig
+    from crdiff.experiment.config import RunConfig
 
     args = ["experiment=search_smoke", f"output_dir={tmp_path / 'out'}", f"search.preset_root={tmp_path / 'conf'}"]
     full = run_cli(*args, f"output_dir={tmp_path / 'full'}")
@@ -187,7 +187,7 @@ def test_refine_experiment_composes_with_k():
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from crdiff.config import RunConfig
+    from crdiff.experiment.config import RunConfig
 
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=["experiment=refine", "model=tiny-sd15", "prompts.texts=[a red fox]"])

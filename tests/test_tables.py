@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from crdiff.results import write_row
-from crdiff.tables import compare_with_paper, paper_rows, paper_table, to_csv, to_latex, to_markdown, write_all
+from crdiff.experiment.results import write_row
+from crdiff.report.tables import compare_with_paper, paper_rows, paper_table, to_csv, to_latex, to_markdown, write_all
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER = pd.read_csv(ROOT.parent / "shared" / "reference" / "tables_paper.csv") \

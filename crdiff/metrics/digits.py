@@ -19,7 +19,7 @@ class DigitFID(FID):
     name = "digit_fid"
 
     def __init__(self, classifier=None, device: str = "cpu") -> None:
-        from crdiff import digits
+        from crdiff.miniature import digits
 
         classifier = classifier if classifier is not None else digits.load_classifier()
         super().__init__(feature=digits.DigitFeatures(classifier), feature_name="digit-classifier64", device=device)
@@ -29,14 +29,14 @@ class DigitAccuracy(MeanScore):
     name = "digit_accuracy"
 
     def __init__(self, classifier=None, device: str = "cpu") -> None:
-        from crdiff import digits
+        from crdiff.miniature import digits
 
         super().__init__()
         self.classifier = (classifier if classifier is not None else digits.load_classifier()).to(device)
         self.device = device
 
     def score(self, images: list[Image.Image], prompts: list[str]) -> torch.Tensor:
-        from crdiff.digits import digit_of
+        from crdiff.miniature.digits import digit_of
 
         wanted = torch.tensor([digit_of(p) for p in prompts])
         predicted = self.classifier(to_uint8(images).to(self.device)).argmax(1).cpu()

@@ -58,17 +58,11 @@ def freeu_values(run) -> tuple[float, float, float, float]:
     return FREEU[kind]
 
 
-def semantic(run, name: str) -> dict[str, Any]:
-    """What changes a method's images, for the run key."""
+def settings(run, name: str) -> dict[str, Any]:
+    """Everything method `name` reads from the run besides model, sampler and prompts (for its run key)."""
     crd = pruning_settings(run, name)
     if crd is not None:
-        out = {"ratios": crd.ratios, "criterion": crd.criterion, "k": crd.k,
-               "seed": crd.seed if crd.criterion == "random" else None}
-        if crd.targets is not None:
-            out["targets"] = list(crd.targets)
-        if crd.criterion == "wanda":
-            out["calibration"] = calibration_key(run)
-        return out
+        return {"crdiff": crd, "calibration": calibration_key(run) if crd.criterion == "wanda" else None}
     if name == "freeu":
         return {"freeu": list(freeu_values(run))}
     if name == "entropy":
@@ -86,7 +80,7 @@ def train_resolution(run) -> Resolution:
 
 def calibration_key(run) -> dict[str, Any]:
     """What the calibration norms depend on (criterion wanda)."""
-    from crdiff.prompts import load_prompts
+    from crdiff.experiment.prompts import load_prompts
 
     prompts = load_prompts(run.prompts.kind, run.prompts.path, run.prompts.limit, run.prompts.texts)
     n = min(run.pruning.calibration_prompts, len(prompts))

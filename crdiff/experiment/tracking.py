@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from crdiff.config import WandbConfig
+from crdiff.experiment.config import WandbConfig
 
 log = logging.getLogger(__name__)
 

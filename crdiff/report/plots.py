@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from crdiff.tables import METRICS
+from crdiff.report.tables import METRICS
 
 
 def _pyplot():

@@ -70,7 +70,7 @@ def load_prompts(kind: str = "builtin", path: str | None = None, limit: int | No
     1,000 prompts; its FID reference is all 1,797 real digits whatever the limit)."""
     paired = True  # image_paths[i] belongs to prompt i (COCO), so `limit` cuts both
     if kind == "digits":
-        from crdiff import digits
+        from crdiff.miniature import digits
         from crdiff.models import cache_dir
 
         prompts = [digits.prompt(i % 10) for i in range(DIGIT_PROMPTS)]

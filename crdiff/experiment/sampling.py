@@ -17,10 +17,10 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from crdiff.config import SamplerConfig
+from crdiff.experiment.config import SamplerConfig
 from crdiff.models import Resolution
-from crdiff.prompts import PromptSet
-from crdiff.results import atomic_write_bytes, atomic_write_json
+from crdiff.experiment.prompts import PromptSet
+from crdiff import atomic
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +91,8 @@ def generate(
         for i, image in zip(batch, draw(pipe, prompts, batch, resolution, sampler)):
             buffer = io.BytesIO()
             image.save(buffer, format="PNG")
-            atomic_write_bytes(image_path(folder, i), buffer.getvalue())
-            atomic_write_json(meta_path(folder, i), image_meta(prompts, i, sampler.seed))  # written last: "done"
+            atomic.write_bytes(image_path(folder, i), buffer.getvalue())
+            atomic.write_json(meta_path(folder, i), image_meta(prompts, i, sampler.seed))  # written last: "done"
         progress(len(batch))
     return len(indices)
 

@@ -10,23 +10,24 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from crdiff import distributed
+from crdiff.experiment import distributed
 from crdiff.amplify import apply_crdiff, denoiser_of, remove_crdiff
-from crdiff.config import RunConfig
+from crdiff.experiment.config import RunConfig
 from crdiff.metrics import ImageMetric, build_metric, preprocess
 from crdiff.models import Resolution, load_pipeline
-from crdiff.prompts import PromptSet, load_prompts
+from crdiff.experiment.prompts import PromptSet, load_prompts
 from crdiff.pruning import GROUPS, MagnitudeIndex
-from crdiff.results import atomic_write_bytes, atomic_write_json, provenance, run_key
-from crdiff.sampling import draw, set_scheduler
+from crdiff import atomic
+from crdiff.experiment.keys import run_key
+from crdiff.experiment.results import provenance
+from crdiff.experiment.sampling import draw, set_scheduler
 from crdiff.search import SearchState, anneal
 
-CONF = Path(__file__).resolve().parent.parent / "conf"
+CONF = Path(__file__).resolve().parents[2] / "conf"
 
 
 @dataclass
@@ -71,12 +72,9 @@ def search_resolutions(run: RunConfig) -> list[Resolution]:
 
 
 def search_dir(run: RunConfig, prompts: PromptSet, resolutions: list[Resolution]) -> Path:
-    semantic = {"model": run.model.name, "dtype": run.model.dtype, "prompts": prompts.digest(),
-                "resolutions": [str(r) for r in resolutions], "metric": run.search.metric, "tiny": run.metrics.tiny,
-                "preprocessing": run.metrics.preprocessing, "k": run.amplify.k, "search_k": run.search.search_k,
-                "sampler": {k: v for k, v in vars(run.sampler).items() if k != "batch_size"},
-                "anneal": vars(run.search.settings())}
-    return Path(run.output_dir) / "search" / f"{run.model.name.replace('/', '--')}-{run_key(semantic)}"
+    key = run_key(model=run.model, sampler=run.sampler, prompts=prompts.digest(), search=run.search,
+                  resolutions=[str(r) for r in resolutions], amplify=run.amplify, metrics=run.metrics)
+    return Path(run.output_dir) / "search" / f"{run.model.name.replace('/', '--')}-{key}"
 
 
 def trials_csv(state: SearchState) -> bytes:
@@ -104,16 +102,16 @@ def write_preset(run: RunConfig, state: SearchState, resolutions: list[Resolutio
         "ratios: {" + ", ".join(f"{g}: {v}" for g, v in ratios.items()) + "}", "ratio: null", "seed: 0",
     ]
     path = root / "pruning" / f"{name}.yaml"
-    atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
+    atomic.write_bytes(path, ("\n".join(lines) + "\n").encode())
     if "k" in state.best:  # prompt-specific refinement searched k too
-        atomic_write_bytes(root / "amplify" / f"{name}.yaml",
+        atomic.write_bytes(root / "amplify" / f"{name}.yaml",
                            f"# k searched with {path.name}\nk: {round(state.best['k'], 4)}\nbatched: true\n".encode())
     return path
 
 
 def run_search(run: RunConfig) -> dict[str, Any]:
     """Load once, anneal (resuming any saved state), write trials, preset and optional comparison."""
-    from crdiff.tracking import Tracker
+    from crdiff.experiment.tracking import Tracker
 
     prompts = load_prompts(run.prompts.kind, run.prompts.path, run.prompts.limit, run.prompts.texts)
     resolutions = search_resolutions(run)
@@ -130,7 +128,7 @@ def run_search(run: RunConfig) -> dict[str, Any]:
 
         def on_trial(state: SearchState) -> None:
             if ranks.is_main:
-                atomic_write_bytes(folder / "trials.csv", trials_csv(state))
+                atomic.write_bytes(folder / "trials.csv", trials_csv(state))
                 tracker.log({**state.history[-1], "best_score": state.best_score})
 
         state = anneal(objective, run.search.settings(), folder / "state.json", on_trial, save=ranks.is_main)
@@ -151,7 +149,7 @@ def run_search(run: RunConfig) -> dict[str, Any]:
 
 def compare(objective: Objective, state: SearchState, folder: Path, ranks) -> dict[str, float]:
     """Dense vs the searched setting on the search's own prompts: images side by side and scores."""
-    from crdiff.sampling import sheet
+    from crdiff.experiment.sampling import sheet
 
     (dense, dense_images), (refined, refined_images) = objective.evaluate(None), objective.evaluate(state.best)
     scores = {"dense": dense, "refined": refined}
@@ -159,6 +157,6 @@ def compare(objective: Objective, state: SearchState, folder: Path, ranks) -> di
         for resolution in objective.resolutions:
             sheet([dense_images[resolution], refined_images[resolution]]).save(
                 folder / f"dense_vs_refined_{resolution}.png")
-        atomic_write_json(folder / "comparison.json", {**scores, "best": state.best})
+        atomic.write_json(folder / "comparison.json", {**scores, "best": state.best})
     remove_crdiff(objective.pipe)
     return scores

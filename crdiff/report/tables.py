@@ -18,7 +18,7 @@ METRICS = {
     "digit_fid": ("digit-FID↓", False), "digit_accuracy": ("digit-acc↑", True),
 }
 MODEL_ORDER = ["sdxl", "sd15", "sd21"]
-PAPER_CSV = Path(__file__).resolve().parent.parent / "results" / "paper" / "tables_paper.csv"
+PAPER_CSV = Path(__file__).resolve().parents[2] / "results" / "paper" / "tables_paper.csv"
 
 
 def paper_rows() -> pd.DataFrame:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import os
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -160,10 +160,6 @@ class MetricsConfig:
 
         return any(n in REFERENCE_METRICS for n in self.names)
 
-    def semantic(self) -> dict[str, Any]:
-        """What changes the metric values (not the batch size)."""
-        return {k: v for k, v in asdict(self).items() if k != "batch_size"}
-
 
 @dataclass
 class RatioSearchConfig:
@@ -238,7 +234,7 @@ class RunConfig:
     def __post_init__(self) -> None:
         if not self.methods:
             raise ValueError("methods is empty; list at least one (dense, crdiff, ...)")
-        from crdiff.methods import METHODS
+        from crdiff.experiment.methods import METHODS
 
         for m in self.methods:
             _choice("methods entry", m, METHODS)
@@ -256,17 +252,9 @@ class RunConfig:
 
     def method(self, name: str) -> CRDiffConfig | None:
         """The CR-Diff settings of a pruning-based method (None for dense and the others)."""
-        from crdiff.methods import pruning_settings
+        from crdiff.experiment.methods import pruning_settings
 
         return pruning_settings(self, name)
-
-    def semantic(self, method: str) -> dict[str, Any]:
-        """What changes a method's images (resolution and prompt set are added per job)."""
-        from crdiff.methods import semantic
-
-        sampler = {k: v for k, v in asdict(self.sampler).items() if k != "batch_size"}
-        return {"model": self.model.name, "dtype": self.model.dtype, "sampler": sampler, "method": method,
-                "crdiff" if self.method(method) else "settings": semantic(self, method) or None}
 
     def check_output_dir(self) -> Path:
         """Create the output folder (or fail clearly) before any heavy work."""

@@ -8,11 +8,11 @@ from pathlib import Path
 
 from PIL import Image
 
-from crdiff.config import MetricsConfig
+from crdiff.experiment.config import MetricsConfig
 from crdiff.metrics import ImageMetric, build_metric, preprocess
 from crdiff.models import cache_dir
-from crdiff.prompts import PromptSet
-from crdiff.sampling import image_path
+from crdiff.experiment.prompts import PromptSet
+from crdiff.experiment.sampling import image_path
 
 log = logging.getLogger(__name__)
 

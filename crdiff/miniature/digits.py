@@ -18,7 +18,7 @@ from torch import nn
 WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 REAL_COUNT = 1797  # scikit-learn's digits
 SIZE = 32  # the training resolution of the digits model and the classifier's input size
-ASSETS = Path(__file__).parent / "assets"
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
 PIPELINE_DIR = ASSETS / "digits-t2i"
 CLASSIFIER_FILE = ASSETS / "digit-classifier.safetensors"
 TRAIN_COMMAND = "python scripts/train_tiny_t2i.py"

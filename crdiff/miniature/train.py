@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +16,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from crdiff import digits, tiny
+from crdiff import atomic, tiny
+
+from crdiff.miniature import digits
 
 log = logging.getLogger(__name__)
 
@@ -195,8 +196,6 @@ def train(cfg: TrainConfig, pipeline_dir: Path = digits.PIPELINE_DIR,
     log.info("unet + text encoder: %.0f s", times["unet_s"])
 
     tiny.save_atomically(build_pipeline(vae, text_encoder, tokenizer, unet), pipeline_dir, replace=True)
-    classifier_file = Path(classifier_file)
-    tmp_file = classifier_file.with_suffix(".tmp")
-    save_file({k: v.contiguous() for k, v in classifier.state_dict().items()}, tmp_file)
-    os.replace(tmp_file, classifier_file)
+    state = {k: v.contiguous() for k, v in classifier.state_dict().items()}
+    atomic.write_with(Path(classifier_file), lambda tmp: save_file(state, tmp))
     return {"classifier_heldout_accuracy": accuracy, **times}

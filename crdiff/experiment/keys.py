@@ -1,0 +1,48 @@
+"""Run keys: one function turns the settings that change a result into a short hash.
+
+A result (a folder of images, a result row, a search's state) is stored under the key of everything
+that changes it, so changing any of those makes a new result and rerunning the same command resumes
+the old one. Everything a config holds joins the key unless it is listed in `EXCLUDED`: a new config
+field changes keys until someone writes down that it does not change results.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import fields, is_dataclass
+from typing import Any
+
+# Fields that change where, how fast or how visibly a run goes, not its images or its numbers (up to
+# float rounding of batched kernels), as `<dataclass>.<field>`: they are left out wherever the dataclass
+# sits in a key.
+EXCLUDED = frozenset({
+    "RunConfig.device", "RunConfig.output_dir", "RunConfig.experiment", "RunConfig.task", "RunConfig.methods",
+    "RunConfig.wandb",
+    "SamplerConfig.batch_size",
+    "AmplifyConfig.batched", "CRDiffConfig.batched",
+    "MetricsConfig.batch_size",
+    "RatioSearchConfig.preset_root", "RatioSearchConfig.preset_name", "RatioSearchConfig.compare",
+})
+# Bump when a metric's definition changes (preprocessing, feature layer, reference statistics): result
+# rows keyed before then are recomputed instead of mixed with new ones.
+METRICS_VERSION = 1
+
+
+def semantic(value: Any) -> Any:
+    """`value` (dataclasses, mappings, sequences, scalars) as plain JSON data without `EXCLUDED` fields."""
+    if is_dataclass(value) and not isinstance(value, type):
+        cls = type(value).__name__
+        return {f.name: semantic(getattr(value, f.name)) for f in fields(value) if f"{cls}.{f.name}" not in EXCLUDED}
+    if isinstance(value, Mapping):
+        return {str(name): semantic(item) for name, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [semantic(item) for item in value]
+    return value
+
+
+def run_key(length: int = 10, **parts: Any) -> str:
+    """Stable short hash of the named `parts` after `semantic` (key order does not matter)."""
+    data = json.dumps(semantic(parts), sort_keys=True, default=str)
+    return hashlib.sha256(data.encode()).hexdigest()[:length]

@@ -1,0 +1,228 @@
+"""The Hydra entry point: `python -m crdiff.run experiment=smoke` (the only module that sees DictConfig).
+
+One job = every method × resolution of the config over one prompt set. Work items (method,
+resolution, prompt) are split across ranks exactly once; finished images are skipped, so running the
+same command again resumes; rank 0 writes one result row per (method, resolution) key.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from crdiff.experiment import distributed
+from crdiff.experiment.config import RunConfig
+from crdiff.models import MODELS, Resolution
+from crdiff.experiment.prompts import PromptSet, load_prompts
+from crdiff.pruning import GROUPS
+from crdiff.experiment import methods
+from crdiff.experiment.keys import METRICS_VERSION, run_key
+from crdiff.experiment.results import load_table, provenance, write_row
+
+log = logging.getLogger("crdiff")
+
+
+@dataclass(frozen=True)
+class Job:
+    """One (method, resolution) cell of a table."""
+
+    method: str
+    setting: str  # "default" (training resolution) or "unseen"
+    resolution: Resolution
+    key: str
+    folder: Path
+
+
+@dataclass
+class Plan:
+    run: RunConfig
+    prompts: PromptSet
+    jobs: list[Job]
+    output_dir: Path
+
+
+def plan(run: RunConfig) -> Plan:
+    """Validate everything that can be checked without a model, and lay out the jobs."""
+    out = run.check_output_dir()
+    prompts = load_prompts(run.prompts.kind, run.prompts.path, run.prompts.limit, run.prompts.texts)
+    prompt_key = {"name": prompts.name, "digest": prompts.digest(), "n": len(prompts)}
+    if run.metrics.needs_reference:
+        if prompts.image_paths is None:
+            raise ValueError(f"metrics {run.metrics.names} include fid/kid, which need reference images: a prompt "
+                             "CSV with an image_path column (e.g. prompts=coco5k from scripts/prepare_coco5k.py)")
+        missing = [p for p in prompts.image_paths if not Path(p).is_file()]
+        if missing:
+            raise ValueError(f"{len(missing)} reference images are missing, e.g. {missing[0]!r}")
+    if run.model.name in MODELS:
+        for _, res in run.resolutions.selected():
+            MODELS[run.model.name].check(res)
+    jobs = []
+    for method in run.methods:
+        images_key = run_key(model=run.model, sampler=run.sampler, prompts=prompt_key, method=method,
+                             settings=methods.settings(run, method))
+        images = out / "images" / run.model.name.replace("/", "--") / f"{method}-{images_key}"
+        for setting, res in run.resolutions.selected():
+            key = run_key(images=images_key, resolution=str(res), metrics=run.metrics, metrics_version=METRICS_VERSION)
+            jobs.append(Job(method, setting, res, key, images / str(res)))
+    return Plan(run, prompts, jobs, out)
+
+
+def generate_all(p: Plan, ranks: distributed.Ranks, device: str) -> dict[str, int]:
+    """This rank's share of the images; the model is loaded only if something is missing.
+
+    Work is cut into fixed batches of `sampler.batch_size` consecutive prompts per job, dealt to ranks
+    in turn: every rank count sees the same batches, so images are bit-identical to one process.
+    """
+    from crdiff.models import load_pipeline
+    from crdiff.experiment.sampling import generate, is_done, set_scheduler
+
+    n, size, seed = len(p.prompts), p.run.sampler.batch_size, p.run.sampler.seed
+    batches = ranks.shard([(job, list(range(s, min(s + size, n)))) for job in p.jobs for s in range(0, n, size)])
+    todo = [(job, [i for i in batch if not is_done(job.folder, p.prompts, i, seed)]) for job, batch in batches]
+    counts = {"generated": 0, "skipped": sum(len(b) for _, b in batches) - sum(len(b) for _, b in todo)}
+    if not any(batch for _, batch in todo):
+        return counts
+    pipe = load_pipeline(p.run.model.name, p.run.model.dtype, device)
+    set_scheduler(pipe, p.run.sampler.scheduler)
+    for job in p.jobs:
+        mine = [batch for j, batch in todo if j is job and batch]
+        if not mine:
+            continue
+        methods.remove(pipe)
+        methods.apply(pipe, p.run, job.method, job.resolution)
+        with tqdm(total=sum(map(len, mine)), desc=f"{job.method} {job.resolution}", disable=not ranks.is_main) as bar:
+            for batch in mine:
+                counts["generated"] += generate(pipe, p.prompts, batch, job.resolution, p.run.sampler, job.folder,
+                                                bar.update)
+    methods.remove(pipe)
+    return counts
+
+
+def existing_metrics(p: Plan, job: Job) -> dict[str, float]:
+    path = p.output_dir / "results" / f"{job.key}.json"
+    return json.loads(path.read_text()).get("metrics", {}) if path.exists() else {}
+
+
+def score_all(p: Plan, ranks: distributed.Ranks, device: str) -> dict[str, dict[str, float]]:
+    """Metrics of every job still missing them; all ranks take part, each on its share of images."""
+    from crdiff.experiment.scoring import build_all, score_job
+
+    scores = {job.key: existing_metrics(p, job) for job in p.jobs}
+    todo = [job for job in p.jobs if set(p.run.metrics.names) - set(scores[job.key])]
+    if not todo:
+        return scores
+    metrics = build_all(p.run.metrics, device)
+    mine = ranks.shard(list(range(len(p.prompts))))
+    reference = ranks.shard(list(range(len(p.prompts.image_paths or ()))))
+    for job in tqdm(todo, desc="metrics", disable=not ranks.is_main):
+        scores[job.key] = score_job(metrics, p.run.metrics, p.prompts, job.folder, mine, ranks.is_main, ranks.world,
+                                    reference)
+    return scores
+
+
+def row(p: Plan, job: Job, prov: dict[str, Any], scores: dict[str, float]) -> dict[str, Any]:
+    crd = p.run.method(job.method)
+    return {
+        "experiment": p.run.experiment, "model": p.run.model.name, "dtype": p.run.model.dtype,
+        "method": job.method, "setting": job.setting, "resolution": str(job.resolution),
+        "height": job.resolution.height, "width": job.resolution.width,
+        "prompts": p.prompts.name, "prompts_digest": p.prompts.digest(), "n_images": len(p.prompts),
+        "k": None if crd is None else crd.k, "criterion": None if crd is None else crd.criterion,
+        **{f"ratio_{g}": None if crd is None else crd.ratios[g] for g in GROUPS},
+        "steps": p.run.sampler.steps, "guidance": p.run.sampler.guidance, "seed": p.run.sampler.seed,
+        "scheduler": p.run.sampler.scheduler, "image_dir": str(job.folder),
+        "preprocessing": p.run.metrics.preprocessing, "provenance": prov, "metrics": scores,
+    }
+
+
+def finalize(p: Plan, device: str, counts: dict[str, int], scores: dict[str, dict[str, float]]):
+    """Rank 0 only: result rows, grids, W&B; returns this run's table."""
+    from crdiff.experiment.sampling import grid, sheet
+    from crdiff.experiment.tracking import Tracker
+
+    tracker = Tracker(p.run.wandb, asdict(p.run), f"{p.run.experiment}-{p.run.model.name}", str(p.output_dir))
+    grids, prov = {}, provenance(device)
+    for job in p.jobs:
+        write_row(p.output_dir / "results", job.key, row(p, job, prov, scores[job.key]))
+        image = grid(job.folder, list(range(min(16, len(p.prompts)))))
+        if image is not None:
+            path = p.output_dir / "grids" / f"{job.method}_{job.resolution}_{job.key}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            image.save(path)
+            grids[f"grid/{job.method}/{job.resolution}"] = image
+    for _, res in p.run.resolutions.selected():  # one sheet per resolution: a row per method, same seeds
+        rows = [[grids[f"grid/{m}/{res}"]] for m in p.run.methods if f"grid/{m}/{res}" in grids]
+        if len(rows) > 1:
+            sheet(rows).save(p.output_dir / "grids" / f"methods_{'_'.join(p.run.methods)}_{res}.png")
+    table = load_table(p.output_dir).set_index("key").loc[[j.key for j in p.jobs]].reset_index()
+    tracker.log(counts)
+    tracker.log_images(grids)
+    tracker.log_table("results", table)
+    tracker.finish()
+    return table
+
+
+def execute(run: RunConfig, p: Plan | None = None) -> dict[str, Any]:
+    """Plan, generate this rank's share, gather once; returns counts (summed over ranks) and the table."""
+    p = p or plan(run)
+    ranks, device = distributed.init(run.device)
+    try:
+        counts = generate_all(p, ranks, device)
+        if ranks.world > 1:
+            import torch
+            import torch.distributed as dist
+
+            total = torch.tensor([counts["generated"], counts["skipped"]])
+            dist.all_reduce(total)
+            counts = {"generated": int(total[0]), "skipped": int(total[1])}
+        ranks.barrier()
+        scores = score_all(p, ranks, device)
+        table = finalize(p, device, counts, scores) if ranks.is_main else None
+        ranks.barrier()
+    finally:
+        distributed.shutdown()
+    return {**counts, "table": table, "output_dir": str(p.output_dir)}
+
+
+def cli() -> None:
+    """Console entry point (`crdiff-run`), same as `python -m crdiff.run`."""
+    import hydra
+    from omegaconf import OmegaConf
+
+    @hydra.main(version_base="1.3", config_path=str(Path(__file__).resolve().parents[2] / "conf"),
+                config_name="config")
+    def main(cfg) -> None:
+        try:
+            run = RunConfig.from_dict(OmegaConf.to_container(cfg, resolve=True))
+            checked = plan(run)  # every input check, before any model loads
+        except (ValueError, TypeError) as err:
+            print(f"crdiff: error: {err}", file=sys.stderr)
+            sys.exit(2)
+        if run.task == "search":
+            from crdiff.experiment.ratio_search import run_search
+
+            result = run_search(run)
+            if "preset" in result:
+                print(f"crdiff: search best {result['best_score']:.4f} at {result['best']} after "
+                      f"{result['iterations']} iterations -> preset {result['preset']}")
+            return
+        summary = execute(run, checked)
+        if summary["table"] is None:  # ranks other than 0 report nothing
+            return
+        print(f"crdiff: generated {summary['generated']} images, skipped {summary['skipped']} "
+              f"(output_dir={summary['output_dir']})")
+        if len(summary["table"]):
+            cols = ["method", "setting", "resolution", "n_images", "k", *run.metrics.names, "key"]
+            print(summary["table"][cols].to_string(index=False))
+
+    main()
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,1 @@
+"""Tables and figures from result rows (the paper's Tables A / B format)."""
