@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install main test bench
+.PHONY: install main test test-fast bench
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
@@ -14,16 +14,19 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 # The main job: the miniature (a digits model crdiff trained at 32x32) offline on the CPU. 1. a short
-# ratio search (its preset goes to outputs/presets, the shipped one stays); 2. dense vs CR-Diff at
+# ratio search (its preset goes to outputs/presets/pruning, the shipped one in conf/ stays); 2. dense vs CR-Diff at
 # 32x32 and four unseen sizes with the miniature metrics; 3. tables and figures in outputs/tables.
 main: install
-	$(BIN)/python -m crdiff.run experiment=miniature_search search.anneal.iterations=6 prompts.limit=20 \
-		search.preset_root=outputs/presets
+	$(BIN)/python -m crdiff.run experiment=miniature_search search.anneal.iterations=6 prompts.limit=20
 	$(BIN)/python -m crdiff.run experiment=miniature
 	$(BIN)/python scripts/make_tables.py --results outputs --out outputs/tables
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# The inner loop: everything but the tests marked slow (CI runs `make test`, all of them).
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow"
 
 bench: install
 	$(BIN)/python scripts/bench_core.py

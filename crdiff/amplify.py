@@ -159,21 +159,28 @@ def denoiser_of(target: Any) -> nn.Module:
 def apply_crdiff(
     pipe: Any,
     ratios: Mapping[str, float] | None = None,
-    k: float = 1.5,
-    criterion: str = "magnitude",
-    seed: int = 0,
-    batched: bool = True,
+    k: float | None = None,
+    criterion: str | None = None,
+    seed: int | None = None,
+    batched: bool | None = None,
     config: CRDiffConfig | None = None,
     index: MagnitudeIndex | None = None,
     activations: Mapping[str, torch.Tensor] | None = None,
     targets: tuple[str, ...] | list[str] | None = None,
 ) -> Any:
-    """Turn a pipeline (or UNet) into CR-Diff in place: BWP at `ratios` + POA with factor `k`
-    (`index`: precomputed magnitude histograms, for many applications to the same weights;
+    """Turn a pipeline (or UNet) into CR-Diff in place: BWP at `ratios` + POA with factor `k`.
+
+    The method's settings come either as keywords (defaults: `CRDiffConfig()`) or as one `config`, never
+    both. `index`: precomputed magnitude histograms, for many applications to the same weights;
     `activations`: calibration norms for criterion 'wanda', see `crdiff.calibration`; `targets`: module-name
-    suffixes restricting the pruned layers)."""
-    config = config or CRDiffConfig(ratios if ratios is not None else CRDiffConfig().ratios, k, criterion, seed, batched,
-                                    targets)
+    suffixes restricting the pruned layers.
+    """
+    knobs = {"ratios": ratios, "k": k, "criterion": criterion, "seed": seed, "batched": batched, "targets": targets}
+    given = {name: value for name, value in knobs.items() if value is not None}
+    if config is not None and given:
+        raise ValueError(f"pass the CR-Diff settings either as config=CRDiffConfig(...) or as keywords, not both: "
+                         f"got config and {sorted(given)}")
+    config = config or CRDiffConfig(**given)
     unet = denoiser_of(pipe)
     if is_crdiff(unet):
         raise ValueError("CR-Diff is already applied; call crdiff.remove_crdiff(pipe) first")

@@ -65,20 +65,35 @@ def target_modules(unet: nn.Module, targets: Iterable[str] | None = None) -> dic
     Linear/Conv2d named `<block>.<t>` for t in `DIT_TARGETS`. `targets` (name suffixes, e.g.
     ["attn1.to_q", "ff.net.2"]) restricts either rule to the modules ending in one of them.
     """
-    suffixes = tuple(f".{t}" for t in targets) if targets is not None else None
-    chosen = {group: {} for group in GROUPS}
-    if is_dit(unet):
-        blocks = [f"{attr}.{i}" for attr in DIT_BLOCKS for i in range(len(getattr(unet, attr, ())))]
-        group_of = {b: list(GROUPS)[min(2, 3 * j // len(blocks))] for j, b in enumerate(blocks)}
-        for name, module in unet.named_modules():
-            block = ".".join(name.split(".")[:2])
-            if block not in group_of or type(module) not in TARGET_TYPES:
-                continue
-            if name.removeprefix(block + ".") in DIT_TARGETS and (suffixes is None or name.endswith(suffixes)):
-                chosen[group_of[block]][name] = module
-        return chosen
-    for group, modules in _unet_targets(unet).items():
-        chosen[group] = {n: m for n, m in modules.items() if suffixes is None or n.endswith(suffixes)}
+    candidates = _dit_targets(unet) if is_dit(unet) else _unet_targets(unet)
+    if targets is None:
+        return candidates
+    chosen = {g: {n: m for n, m in mods.items() if n.endswith(tuple(f".{t}" for t in targets))}
+              for g, mods in candidates.items()}
+    names = [n for mods in chosen.values() for n in mods]
+    unmatched = [t for t in targets if not any(n.endswith(f".{t}") for n in names)]
+    if unmatched:
+        found = sorted({_suffix(n) for mods in candidates.values() for n in mods})
+        raise ValueError(f"targets {unmatched} match no prunable layer of this {type(unet).__name__}; "
+                         f"its prunable layers end in: {found}")
+    return chosen
+
+
+def _suffix(name: str) -> str:
+    """A target's name from its attention / feed-forward module on (`attn1.to_q`, `ff.net.0.proj`, `proj_mlp`)."""
+    parts = name.split(".")
+    starts = [i for i, p in enumerate(parts) if p.startswith(("attn", "ff"))]
+    return ".".join(parts[starts[0]:] if starts else parts[-1:])
+
+
+def _dit_targets(unet: nn.Module) -> dict[str, dict[str, nn.Module]]:
+    blocks = [f"{attr}.{i}" for attr in DIT_BLOCKS for i in range(len(getattr(unet, attr, ())))]
+    group_of = {b: list(GROUPS)[min(2, 3 * j // len(blocks))] for j, b in enumerate(blocks)}
+    chosen: dict[str, dict[str, nn.Module]] = {group: {} for group in GROUPS}
+    for name, module in unet.named_modules():
+        block = ".".join(name.split(".")[:2])
+        if block in group_of and type(module) in TARGET_TYPES and name.removeprefix(block + ".") in DIT_TARGETS:
+            chosen[group_of[block]][name] = module
     return chosen
 
 
@@ -248,8 +263,12 @@ def plan_pruning(
         raise ValueError(f"the MagnitudeIndex was built for targets {index.targets}, not {targets}")
     chosen = target_modules(unet, targets)
     plan = PruningPlan(ratios, criterion, {g: list(mods) for g, mods in chosen.items()})
+    empty = [g for g, modules in chosen.items() if ratios[g] > 0 and not modules]
+    if empty:
+        raise ValueError(f"groups {empty} have a ratio > 0 but no target layer (targets={list(targets or []) or None}); "
+                         f"layers per group: { {g: len(m) for g, m in chosen.items()} }")
     for number, (group, modules) in enumerate(chosen.items()):
-        if ratios[group] == 0 or not modules:  # ratio 0: the group is untouched
+        if ratios[group] == 0:  # ratio 0: the group is untouched
             continue
         weights = {name: m.weight.detach() for name, m in modules.items()}
         top = index.top[group] if index is not None else None

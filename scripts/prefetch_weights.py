@@ -14,12 +14,14 @@ os.environ.pop("HF_HUB_OFFLINE", None)  # this script's job is to download: read
 from hydra import compose, initialize_config_dir  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
+from crdiff.experiment import schemas  # noqa: E402
 from crdiff.experiment.config import RunConfig  # noqa: E402
 from crdiff.models import resolve  # noqa: E402
 from crdiff.experiment.scoring import build_all  # noqa: E402
 
 
 def main(overrides: list[str]) -> int:
+    schemas.register()
     with initialize_config_dir(str(Path(__file__).resolve().parents[1] / "conf"), version_base="1.3"):
         run = RunConfig.from_dict(OmegaConf.to_container(compose("config", overrides=overrides), resolve=True))
     source = resolve(run.model.name)  # tiny models are built here; hub ids pass through

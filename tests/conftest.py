@@ -6,6 +6,10 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+from crdiff.experiment import schemas  # noqa: E402
+
+schemas.register()  # the config groups' dataclass schemas, before any test composes a config
+
 
 @pytest.fixture(scope="session", autouse=True)
 def _crdiff_cache(tmp_path_factory):

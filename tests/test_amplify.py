@@ -138,17 +138,21 @@ def test_dtype_is_kept(clean, dtype):
     torch.testing.assert_close(got.float(), want.float(), rtol=tol, atol=tol)
 
 
-def test_tuple_output_and_sdxl_pipeline_dtype(clean):
+def test_tuple_output_is_poa(clean):
+    """return_dict=False: the tuple's sample is REF's two-copy POA, bit for bit (sequential branches)."""
     unet = clean("sdxl").unet
     args, kwargs = unet_inputs(unet)
+    pruned = pruned_copy(unet, crdiff.compute_masks(unet, RATIOS))
     with torch.no_grad():
-        want = unet(*args, **kwargs, return_dict=False)[0]
-        crdiff.apply_crdiff(unet, RATIOS, k=0.0)
+        dense = unet(*args, **kwargs, return_dict=False)[0]
+        want = dense.lerp(pruned(*args, **kwargs, return_dict=False)[0], 1.5)
+        crdiff.apply_crdiff(unet, RATIOS, k=1.5, batched=False)
         got = unet(*args, **kwargs, return_dict=False)
-    assert isinstance(got, tuple) and torch.equal(got[0], want)
+    assert isinstance(got, tuple) and len(got) == 1 and torch.equal(got[0], want)
+    assert not torch.equal(got[0], dense)
 
 
-@pytest.mark.parametrize("k", [float("inf"), float("nan"), "1.5", None])
+@pytest.mark.parametrize("k", [float("inf"), float("nan"), "1.5", True])
 def test_bad_k_raises(clean, k):
     with pytest.raises(ValueError, match="valid range is any finite real number"):
         crdiff.apply_crdiff(clean("sd15"), RATIOS, k=k)

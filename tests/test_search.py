@@ -152,7 +152,8 @@ def test_search_smoke_resumes_after_a_kill_and_writes_a_preset_a_table_experimen
 
     from crdiff.experiment.config import RunConfig
 
-    args = ["experiment=search_smoke", f"output_dir={tmp_path / 'out'}", f"search.preset_root={tmp_path / 'conf'}"]
+    source_tree = sorted(ROOT.glob("conf/**/*"))
+    args = ["experiment=search_smoke", f"output_dir={tmp_path / 'out'}"]  # the preset goes under output_dir
     full = run_cli(*args, f"output_dir={tmp_path / 'full'}")
     assert full.returncode == 0, full.stderr[-2000:]
     proc = subprocess.Popen([sys.executable, "-m", "crdiff.run", *args], cwd=ROOT,
@@ -174,11 +175,14 @@ def test_search_smoke_resumes_after_a_kill_and_writes_a_preset_a_table_experimen
     csv = next((tmp_path / "out").glob("search/*/trials.csv")).read_text().splitlines()
     assert csv[0].startswith("iteration,kind,down,mid,up,score") and len(csv) == len(b.history) + 1
 
-    preset = tmp_path / "conf" / "pruning" / "searched_tiny-sdxl_40x72.yaml"
+    presets = tmp_path / "out" / "presets"
+    preset = presets / "pruning" / "searched_tiny-sdxl_40x72.yaml"
     assert preset.exists() and "pickscore" in preset.read_text()
+    assert f"use it with pruning=searched_tiny-sdxl_40x72 'hydra.searchpath=[file://{presets}]'" in resumed.stdout
+    assert sorted(ROOT.glob("conf/**/*")) == source_tree
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=["experiment=smoke", "pruning=searched_tiny-sdxl_40x72",
-                                           f"hydra.searchpath=[file://{tmp_path / 'conf'}]"])
+                                           f"hydra.searchpath=[file://{presets}]"])
     run = RunConfig.from_dict(OmegaConf.to_container(cfg, resolve=True))
     assert run.pruning.ratios == {g: round(b.best[g], 4) for g in ("down", "mid", "up")}
 
@@ -210,7 +214,8 @@ def test_refine_saves_dense_vs_refined_with_scores(tmp_path):
     scores = json.loads((folder / "comparison.json").read_text())
     assert set(scores) == {"dense", "refined", "best"} and 1.0 <= scores["best"]["k"] <= 3.0
     assert (folder / "dense_vs_refined_40x72.png").exists()
-    assert (tmp_path / "conf" / "amplify" / "searched_tiny-sd15_40x72.yaml").exists()
+    k_preset = (tmp_path / "conf" / "amplify" / "searched_tiny-sd15_40x72.yaml").read_text()
+    assert f"k: {round(scores['best']['k'], 4)}\n" in k_preset
 
 
 @pytest.mark.slow

@@ -34,14 +34,15 @@ class ModelConfig:
 
 @dataclass
 class PruningConfig:
-    """`blockwise`: one ratio per group; `uniform`: one `ratio` for all; `none`: nothing pruned."""
+    """`blockwise`: one ratio per group (`ratios`); `uniform`: one `ratio` for all; `none`: nothing pruned."""
 
     kind: str = "blockwise"
     criterion: str = "magnitude"
-    ratios: dict[str, float] = field(default_factory=lambda: {g: 0.3 for g in GROUPS})
-    ratio: float | None = None
-    seed: int = 0
-    targets: list[str] | None = None  # module-name suffixes to prune; null: method.md §1 (UNet) / DIT_TARGETS
+    ratios: dict[str, float] | None = None  # blockwise; None: REF's search start, 0.3 per group
+    ratio: float | None = None  # uniform
+    seed: int = 0  # criterion random only
+    targets: list[str] | None = None  # module-name suffixes to prune; null: docs/method.md §1 (UNet) / DIT_TARGETS
+    model_kind: str | None = None  # "unet" | "dit": refuse a model of the other kind; null: either
     # criterion=wanda (and method wanda): the first n prompts of the run, `steps` dense steps at the
     # model's training resolution, give each layer's input-feature norms (crdiff.calibration)
     calibration_prompts: int = 8
@@ -50,17 +51,30 @@ class PruningConfig:
     def __post_init__(self) -> None:
         _choice("pruning.kind", self.kind, ("blockwise", "uniform", "none"))
         _choice("pruning.criterion", self.criterion, CRITERIA)
+        if self.model_kind is not None:
+            _choice("pruning.model_kind", self.model_kind, ("unet", "dit"))
         for name in ("calibration_prompts", "calibration_steps"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"pruning.{name} is {value!r}; it must be a positive integer")
-        if self.kind == "uniform":
-            if self.ratio is None:
-                raise ValueError("pruning.kind=uniform needs pruning.ratio in [0, 1)")
-            self.ratios = {g: self.ratio for g in GROUPS}
-        elif self.kind == "none":
-            self.ratios = {g: 0.0 for g in GROUPS}
-        self.ratios = validate_ratios(self.ratios)
+        if self.kind != "uniform" and self.ratio is not None:
+            raise ValueError(f"pruning.ratio is set but pruning.kind={self.kind} does not read it (use pruning=uniform)")
+        derived = {"uniform": {g: self.ratio for g in GROUPS}, "none": {g: 0.0 for g in GROUPS}}.get(self.kind)
+        if self.kind == "uniform" and self.ratio is None:
+            raise ValueError("pruning.kind=uniform needs pruning.ratio in [0, 1)")
+        if derived is not None and self.ratios is not None and validate_ratios(self.ratios) != derived:
+            raise ValueError(f"pruning.ratios is set but pruning.kind={self.kind} ignores it (it prunes "
+                             f"{derived}); drop pruning.ratios or use pruning=blockwise")
+        self.ratios = validate_ratios(derived or self.ratios or {g: 0.3 for g in GROUPS})
+
+    def check_model(self, denoiser) -> None:
+        """Refuse a model of the kind this pruning was not written for (e.g. pruning=dit on a UNet)."""
+        from crdiff.pruning import is_dit
+
+        kind = "dit" if is_dit(denoiser) else "unet"
+        if self.model_kind not in (None, kind):
+            raise ValueError(f"pruning.model_kind is {self.model_kind!r} but the model's denoiser is a {kind} "
+                             f"({type(denoiser).__name__}); use pruning={'dit' if kind == 'dit' else 'blockwise'}")
 
 
 @dataclass
@@ -170,7 +184,7 @@ class RatioSearchConfig:
     resolutions: list[str] = field(default_factory=list)  # empty: the model's first unseen resolution
     search_k: bool = False  # prompt-specific refinement may search k too
     k_bounds: tuple[float, float] = (1.0, 3.0)
-    preset_root: str | None = None  # a Hydra config root; None: this repository's conf/
+    preset_root: str | None = None  # a Hydra config root; None: <output_dir>/presets (on the search path)
     preset_name: str | None = None  # None: searched_<model>_<HxW>
     compare: bool = False  # save dense vs refined images side by side with their scores
 
@@ -239,6 +253,9 @@ class RunConfig:
         for m in self.methods:
             _choice("methods entry", m, METHODS)
         _choice("task", self.task, ("generate", "search"))
+        if self.task == "search" and self.pruning.criterion == "wanda":
+            raise ValueError("the ratio search prunes by pruning.criterion at every trial; 'wanda' needs calibration "
+                             "norms it does not take: use magnitude, magnitude_layerwise or random")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunConfig:

@@ -24,6 +24,7 @@ EXCLUDED = frozenset({
     "AmplifyConfig.batched", "CRDiffConfig.batched",
     "MetricsConfig.batch_size",
     "RatioSearchConfig.preset_root", "RatioSearchConfig.preset_name", "RatioSearchConfig.compare",
+    "PruningConfig.model_kind",  # a guard: it refuses a model, never changes an image
 })
 # Bump when a metric's definition changes (preprocessing, feature layer, reference statistics): result
 # rows keyed before then are recomputed instead of mixed with new ones.

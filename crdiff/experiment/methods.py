@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from diffusers.hooks import HookRegistry, ModelHook
 
-from crdiff.amplify import CRDiffConfig, apply_crdiff, drop_hooks, remove_crdiff
+from crdiff.amplify import CRDiffConfig, apply_crdiff, denoiser_of, drop_hooks, remove_crdiff
 from crdiff.models import Resolution
 from crdiff.pruning import GROUPS
 
@@ -105,6 +105,7 @@ def apply(pipe, run, name: str, resolution: Resolution) -> None:
     """Put `pipe` in method `name` for images of `resolution` (after `remove`)."""
     crd = pruning_settings(run, name)
     if crd is not None:
+        run.pruning.check_model(denoiser_of(pipe))
         apply_crdiff(pipe, config=crd, activations=calibrate(pipe, run) if crd.criterion == "wanda" else None)
     elif name in ("freeu", "entropy") and getattr(pipe, "unet", None) is None:
         raise ValueError(f"method {name!r} is defined for UNet pipelines; {type(pipe).__name__} has none")

@@ -9,6 +9,7 @@ all ranks walk the identical trajectory; rank 0 writes the state, the trial CSV 
 from __future__ import annotations
 
 import csv
+import json
 import io
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +28,6 @@ from crdiff.experiment.results import provenance
 from crdiff.experiment.sampling import draw, set_scheduler
 from crdiff.search import SearchState, anneal
 
-CONF = Path(__file__).resolve().parents[2] / "conf"
 
 
 @dataclass
@@ -46,8 +46,10 @@ class Objective:
         """This rank's images at `point` (None: dense), one per prompt, seeds `sampler.seed + i`."""
         remove_crdiff(self.pipe)
         if point is not None:
+            p = self.run.pruning
             apply_crdiff(self.pipe, {g: point[g] for g in GROUPS}, k=point.get("k", self.run.amplify.k),
-                         criterion="magnitude", batched=self.run.amplify.batched, index=self.index)
+                         criterion=p.criterion, seed=p.seed, batched=self.run.amplify.batched, index=self.index,
+                         targets=p.targets)
         return draw(self.pipe, self.prompts, self.indices, resolution, self.run.sampler)
 
     def evaluate(self, point: dict[str, float] | None) -> tuple[float, dict[Resolution, list]]:
@@ -73,7 +75,8 @@ def search_resolutions(run: RunConfig) -> list[Resolution]:
 
 def search_dir(run: RunConfig, prompts: PromptSet, resolutions: list[Resolution]) -> Path:
     key = run_key(model=run.model, sampler=run.sampler, prompts=prompts.digest(), search=run.search,
-                  resolutions=[str(r) for r in resolutions], amplify=run.amplify, metrics=run.metrics)
+                  resolutions=[str(r) for r in resolutions], amplify=run.amplify, pruning=run.pruning,
+                  metrics=run.metrics)
     return Path(run.output_dir) / "search" / f"{run.model.name.replace('/', '--')}-{key}"
 
 
@@ -88,9 +91,10 @@ def trials_csv(state: SearchState) -> bytes:
 
 
 def write_preset(run: RunConfig, state: SearchState, resolutions: list[Resolution], device: str) -> Path:
-    """conf/pruning/<name>.yaml (or under search.preset_root): experiments select it with pruning=<name>."""
+    """<output_dir>/presets/pruning/<name>.yaml (or under search.preset_root): experiments select it with
+    pruning=<name>, found through the Hydra search path (conf/config.yaml adds <output_dir>/presets)."""
     name = run.search.preset_name or f"searched_{run.model.name}_{'_'.join(str(r) for r in resolutions)}"
-    root = Path(run.search.preset_root) if run.search.preset_root else CONF
+    root = Path(run.search.preset_root) if run.search.preset_root else Path(run.output_dir) / "presets"
     ratios = {g: round(state.best[g], 4) for g in GROUPS}
     prov = provenance(device)
     lines = [
@@ -98,8 +102,11 @@ def write_preset(run: RunConfig, state: SearchState, resolutions: list[Resolutio
         f"# {run.search.metric} {state.best_score:.4f} (start {state.history[0]['score']:.4f}), "
         f"{state.iteration} iterations, {len(state.cache)} distinct trials, prompts '{run.prompts.kind}'.",
         f"# git {prov['git_sha']}, {prov['device_name']}, {prov['time']}.",
-        "kind: blockwise", "criterion: magnitude",
-        "ratios: {" + ", ".join(f"{g}: {v}" for g, v in ratios.items()) + "}", "ratio: null", "seed: 0",
+        "defaults: [schema, _self_]",
+        "ratios: {" + ", ".join(f"{g}: {v}" for g, v in ratios.items()) + "}",
+        f"criterion: {run.pruning.criterion}",  # what the search pruned with: the preset reproduces it
+        f"seed: {run.pruning.seed}",
+        f"targets: {json.dumps(run.pruning.targets)}",
     ]
     path = root / "pruning" / f"{name}.yaml"
     atomic.write_bytes(path, ("\n".join(lines) + "\n").encode())
@@ -122,7 +129,7 @@ def run_search(run: RunConfig) -> dict[str, Any]:
         set_scheduler(pipe, run.sampler.scheduler)
         metric = build_metric(run.search.metric, tiny=run.metrics.tiny, device=device)
         objective = Objective(pipe, prompts, ranks.shard(list(range(len(prompts)))), resolutions, run, metric,
-                              MagnitudeIndex(denoiser_of(pipe)))
+                              MagnitudeIndex(denoiser_of(pipe), run.pruning.targets))
         tracker = Tracker(run.wandb, {"search": str(folder)}, f"search-{run.model.name}", run.output_dir) \
             if ranks.is_main else None
 

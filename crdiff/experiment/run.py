@@ -190,10 +190,22 @@ def execute(run: RunConfig, p: Plan | None = None) -> dict[str, Any]:
     return {**counts, "table": table, "output_dir": str(p.output_dir)}
 
 
+def preset_overrides(run: RunConfig, preset: Path) -> str:
+    """The overrides that select a preset the search wrote (its folder is on the search path by default)."""
+    choice = f"pruning={preset.stem}"
+    if preset.parent.parent.resolve() == (Path(run.output_dir) / "presets").resolve() and run.output_dir == "outputs":
+        return choice
+    return f"{choice} 'hydra.searchpath=[file://{preset.parent.parent.resolve()}]'"
+
+
 def cli() -> None:
     """Console entry point (`crdiff-run`), same as `python -m crdiff.run`."""
     import hydra
     from omegaconf import OmegaConf
+
+    from crdiff.experiment import schemas
+
+    schemas.register()
 
     @hydra.main(version_base="1.3", config_path=str(Path(__file__).resolve().parents[2] / "conf"),
                 config_name="config")
@@ -210,7 +222,8 @@ def cli() -> None:
             result = run_search(run)
             if "preset" in result:
                 print(f"crdiff: search best {result['best_score']:.4f} at {result['best']} after "
-                      f"{result['iterations']} iterations -> preset {result['preset']}")
+                      f"{result['iterations']} iterations -> preset {result['preset']}\n"
+                      f"crdiff: use it with {preset_overrides(run, Path(result['preset']))}")
             return
         summary = execute(run, checked)
         if summary["table"] is None:  # ranks other than 0 report nothing

@@ -1,0 +1,18 @@
+"""Hydra schemas: each config group's validated dataclass is registered as `<group>/schema`, the base
+that the group's YAML files extend (`defaults: [schema, _self_]`), so a YAML file holds only what differs
+from the code's defaults and Hydra refuses a key the dataclass does not have."""
+
+from __future__ import annotations
+
+from crdiff.experiment.config import MetricsConfig, PruningConfig, ResolutionsConfig
+
+SCHEMAS = {"pruning": PruningConfig, "metrics": MetricsConfig, "resolutions": ResolutionsConfig}
+
+
+def register() -> None:
+    """Store the schemas in Hydra's ConfigStore (before any compose; idempotent)."""
+    from hydra.core.config_store import ConfigStore
+
+    store = ConfigStore.instance()
+    for group, schema in SCHEMAS.items():
+        store.store(group=group, name="schema", node=schema)
