@@ -1,4 +1,4 @@
-"""Pruned output amplification (POA), paper §3.2 / method.md §3, with one UNet in memory.
+"""Pruned output amplification (POA), paper §3.2 / docs/method.md §3, with one UNet in memory.
 
 Every UNet call returns `(1 - k) · dense + k · pruned`. The pruned branch is the same UNet whose
 target layers (see `crdiff.pruning`) use `w · mask` computed from the dense weight at call time, one
@@ -29,7 +29,7 @@ class CRDiffConfig:
     """The method's knobs: block-wise `ratios` {down, mid, up}, `criterion`, amplification `k`.
 
     `batched=True` (default) evaluates dense and pruned in one UNet call of twice the batch: faster
-    on CPU and GPU in results/bench, peak memory still <= 1.10x dense there; `batched=False` runs them
+    for the UNets in docs/benchmarks.md, peak memory still <= 1.10x dense there; `batched=False` runs them
     one after the other (half the activation memory, for very large batches or resolutions).
     """
 
@@ -38,7 +38,7 @@ class CRDiffConfig:
     criterion: str = "magnitude"
     seed: int = 0
     batched: bool = True
-    targets: tuple[str, ...] | None = None  # name suffixes restricting the targets; None: method.md §1 / DIT_TARGETS
+    targets: tuple[str, ...] | None = None  # name suffixes restricting the targets; None: docs/method.md §1, §5
 
     def __post_init__(self) -> None:
         self.ratios = validate_ratios(self.ratios)

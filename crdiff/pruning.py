@@ -1,4 +1,4 @@
-"""Block-wise pruning (BWP), paper §3.1 / method.md §1: target selection, criteria, exact thresholds.
+"""Block-wise pruning (BWP), paper §3.1 / docs/method.md §1: target selection, criteria, exact thresholds.
 
 A pruning is described without copying weights: a `PruningPlan` holds, per target module, either a
 magnitude threshold (one scalar; the pruned weight is `w * (|w| > t)`) or a bit-packed keep-mask (for
@@ -61,7 +61,7 @@ def is_dit(model: nn.Module) -> bool:
 def target_modules(unet: nn.Module, targets: Iterable[str] | None = None) -> dict[str, dict[str, nn.Module]]:
     """Modules BWP prunes, by group (down / mid / up; a DiT's early / middle / late thirds).
 
-    UNet: exact Linear/Conv2d whose name has `attn` or `ff`, never `attn2` (method.md §1). DiT: exact
+    UNet: exact Linear/Conv2d whose name has `attn` or `ff`, never `attn2` (docs/method.md §1). DiT: exact
     Linear/Conv2d named `<block>.<t>` for t in `DIT_TARGETS`. `targets` (name suffixes, e.g.
     ["attn1.to_q", "ff.net.2"]) restricts either rule to the modules ending in one of them.
     """

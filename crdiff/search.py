@@ -1,4 +1,4 @@
-"""Simulated annealing over the block-wise ratios (paper §3.1, method.md §2), pure and resumable.
+"""Simulated annealing over the block-wise ratios (paper §3.1, docs/method.md §2), pure and resumable.
 
 `anneal(objective, config, state_path)` evaluates one trial at a time; after every trial the whole
 state (iteration, temperature, current / best points, history, RNG state, trial cache) is written
@@ -27,7 +27,7 @@ Point = dict[str, float]
 
 @dataclass
 class SearchConfig:
-    """REF's constants (method.md §2) as defaults."""
+    """REF's constants (docs/method.md §2) as defaults."""
 
     low: float = 0.1
     high: float = 0.8

@@ -3,8 +3,8 @@
 Part 1 runs a denoising loop (UNet + Euler scheduler, CFG batch of 2, random latents and text
 embeddings) on a real UNet architecture with random weights for each mode:
   dense          plain UNet
-  poa            crdiff.apply_crdiff, dense and pruned branches one after the other (the default)
-  poa_batched    crdiff.apply_crdiff(batched=True), both branches in one UNet call of twice the batch
+  poa            crdiff.apply_crdiff(batched=False), dense and pruned branches one after the other
+  poa_batched    crdiff.apply_crdiff(batched=True, the default), both branches in one UNet call of twice the batch
   two_copy       REF: deepcopy + in-place masking, two UNet calls per step
 Peak memory is the process's peak RSS (CPU, each mode in a fresh process) or
 torch.cuda.max_memory_allocated (GPU). Part 2 times exact per-group threshold selection on the real

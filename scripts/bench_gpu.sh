@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU benchmark run on a lent card (see README "Benchmarks"): real-size UNets, random weights.
+# The GPU benchmark run on a lent card (see docs/benchmarks.md): real-size UNets, random weights.
 # Usage: OUT=<dir> bash scripts/bench_gpu.sh   (diffusers may be installed from carried wheels first)
 set -euo pipefail
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"

@@ -1,4 +1,4 @@
-"""Build the COCO-5K prompt CSV and reference-image list (REF sampling, method.md §4).
+"""Build the COCO-5K prompt CSV and reference-image list (REF sampling, docs/method.md §4).
 
     python scripts/prepare_coco5k.py --captions annotations/captions_val2014.json --images val2014/ --out data/coco5k
 Writes <out>/prompts.csv (id, prompt, image_id, image_path) used by `prompts=coco5k`, and

@@ -81,7 +81,7 @@ def test_bad_resolution_raises(text, match):
     ("sd21", {"down": 68_812_800, "mid": 26_214_400, "up": 103_219_200}),
 ])
 def test_target_counts_on_real_configs_match_the_paper(name, counts):
-    """method.md §1's table, from the real architectures on the meta device (no weights)."""
+    """docs/method.md §1's table, from the real architectures on the meta device (no weights)."""
     from crdiff.models import random_unet
 
     targets = crdiff.target_modules(random_unet(name, meta=True))

@@ -1,4 +1,4 @@
-"""BWP semantics against a straightforward implementation of method.md §1 (concatenate + kthvalue)."""
+"""BWP semantics against a straightforward implementation of docs/method.md §1 (concatenate + kthvalue)."""
 
 import math
 
@@ -15,7 +15,7 @@ RATIO_TRIPLES = [(0.0, 0.0, 0.0), (0.3, 0.5, 0.7), (0.95, 0.1, 0.0), (0.5, 0.5, 
 
 
 def reference_masks(unet, ratios):
-    """method.md §1 written out: concatenate a group's |w|, kthvalue, prune |w| <= threshold."""
+    """docs/method.md §1 written out: concatenate a group's |w|, kthvalue, prune |w| <= threshold."""
     masks = {}
     for group, prefix in PREFIXES.items():
         layers = {

@@ -1,4 +1,4 @@
-"""Simulated annealing: the reference loop of method.md §2, resume, bounds, reheats, restarts, failures."""
+"""Simulated annealing: the reference loop of docs/method.md §2, resume, bounds, reheats, restarts, failures."""
 
 import math
 import random
@@ -14,7 +14,7 @@ def smooth(p):
 
 
 def reference_loop(f, iterations=120, seed=42):
-    """method.md §2 written out in one function (same draw order: choice, uniform, random)."""
+    """docs/method.md §2 written out in one function (same draw order: choice, uniform, random)."""
     rng = random.Random(seed)
     names = ["down", "mid", "up"]
     clip = lambda v: min(0.8, max(0.1, v))  # noqa: E731

@@ -1,4 +1,4 @@
-"""COCO-5K prompts with exactly the reference sampling (method.md §4)."""
+"""COCO-5K prompts with exactly the reference sampling (docs/method.md §4)."""
 
 from __future__ import annotations
 

@@ -41,7 +41,7 @@ class PruningConfig:
     ratios: dict[str, float] | None = None  # blockwise; None: REF's search start, 0.3 per group
     ratio: float | None = None  # uniform
     seed: int = 0  # criterion random only
-    targets: list[str] | None = None  # module-name suffixes to prune; null: docs/method.md §1 (UNet) / DIT_TARGETS
+    targets: list[str] | None = None  # module-name suffixes to prune; null: docs/method.md §1 (UNet), §5 (DiT)
     model_kind: str | None = None  # "unet" | "dit": refuse a model of the other kind; null: either
     # criterion=wanda (and method wanda): the first n prompts of the run, `steps` dense steps at the
     # model's training resolution, give each layer's input-feature norms (crdiff.calibration)
@@ -177,7 +177,7 @@ class MetricsConfig:
 
 @dataclass
 class RatioSearchConfig:
-    """The ratio search (method.md §2): annealing constants, objective, what to search and where the preset goes."""
+    """The ratio search (docs/method.md §2): annealing constants, objective, what to search, where the preset goes."""
 
     anneal: dict[str, Any] = field(default_factory=dict)  # overrides of crdiff.search.SearchConfig
     metric: str = "image_reward"

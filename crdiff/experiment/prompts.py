@@ -1,4 +1,4 @@
-"""Prompt sets: a small built-in set, any CSV with a `prompt` column, and COCO-5K (method.md §4)."""
+"""Prompt sets: a small built-in set, any CSV with a `prompt` column, and COCO-5K (docs/method.md §4)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-# The ratio search's two prompts (method.md §2) first, then everyday scenes in the COCO style.
+# The ratio search's two prompts (docs/method.md §2) first, then everyday scenes in the COCO style.
 BUILTIN = [
     "A cat holding a sign that says hello world",
     "A billboard in Times Square showing the text 'FUTURE IS NOW' in bold neon letters",

@@ -1,4 +1,4 @@
-"""Metrics of the paper's tables behind one interface (method.md §4): update(images, prompts) -> compute().
+"""Metrics of the paper's tables behind one interface (docs/method.md §4): update(images, prompts) -> compute().
 
 Every score is reduced through torchmetrics' synced states, so values do not depend on rank count
 or batch size. Each scorer's model is injectable; `build_metric(name, ...)` loads the real one.
