@@ -244,8 +244,11 @@ class RunConfig:
     experiment: str = "default"
     output_dir: str = "outputs"
     device: str = "auto"
+    lease_min: float = 10.0  # a claim on an image expires this long after its holder last renewed it
 
     def __post_init__(self) -> None:
+        if isinstance(self.lease_min, bool) or not isinstance(self.lease_min, (int, float)) or not self.lease_min > 0:
+            raise ValueError(f"lease_min is {self.lease_min!r}; it must be a positive number of minutes")
         if not self.methods:
             raise ValueError("methods is empty; list at least one (dense, crdiff, ...)")
         from crdiff.experiment.methods import METHODS

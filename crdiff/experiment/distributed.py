@@ -1,15 +1,27 @@
-"""Ranks under torchrun / accelerate launch (env:// rendezvous); one process otherwise."""
+"""Ranks under torchrun, SLURM (srun / submitit) or one plain process; one gloo group for all coordination.
+
+Every collective crdiff issues (counts, barriers, metric states) is on CPU tensors through a gloo
+group. The images never travel between ranks (they are files), so nothing needs NCCL: the same group
+works on a CPU-only CI machine, on GPU nodes, and for two ranks sharing one GPU (NCCL refuses that).
+`init` is the only place a process group is made, for tests and production alike.
+"""
 
 from __future__ import annotations
 
 import os
+import random
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import TypeVar
 
 import torch
 import torch.distributed as dist
 
 T = TypeVar("T")
+# How long ranks wait for each other at rendezvous and at a barrier (metrics wait for the slowest rank).
+TIMEOUT = timedelta(hours=2)
 
 
 @dataclass(frozen=True)
@@ -30,17 +42,80 @@ class Ranks:
         if self.world > 1:
             dist.barrier()
 
+    def all_sum(self, values: list[int]) -> list[int]:
+        """Element-wise sum over ranks (a CPU tensor through the gloo group)."""
+        if self.world == 1:
+            return list(values)
+        total = torch.tensor(values, dtype=torch.int64)
+        dist.all_reduce(total)
+        return total.tolist()
 
-def init(device: str = "auto") -> tuple[Ranks, str]:
-    """Join the process group if launched with WORLD_SIZE > 1; return the ranks and this rank's device."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    ranks = Ranks(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
+
+def hostnames(nodelist: str) -> list[str]:
+    """Expand SLURM's compressed node list: `gpu[01-03,7],cpu5` -> gpu01 gpu02 gpu03 gpu7 cpu5."""
+    hosts = []
+    for prefix, ranges, plain in re.findall(r"([^,\[]+)\[([^\]]+)\]|([^,\[\]]+)", nodelist):
+        if plain:
+            hosts.append(plain)
+            continue
+        for part in ranges.split(","):
+            low, _, high = part.partition("-")
+            hosts += [f"{prefix}{i:0{len(low)}d}" for i in range(int(low), int(high or low) + 1)]
+    if not hosts:
+        raise ValueError(f"SLURM_JOB_NODELIST {nodelist!r} names no host")
+    return hosts
+
+
+def launch_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """torch's env:// variables (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT) of this process.
+
+    torchrun / accelerate set them and win. A task started by SLURM (srun, or submitit's jobs) has
+    only SLURM_*: rank SLURM_PROCID of SLURM_NTASKS, master = the first host of the job's node list,
+    port drawn from the job id exactly as submitit's TorchDistributedEnvironment does (so mixing
+    the two agrees). Otherwise: one process.
+    """
+    if "RANK" in environ and "WORLD_SIZE" in environ:
+        return {k: environ[k] for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+                if k in environ}
+    if "SLURM_PROCID" in environ and int(environ.get("SLURM_NTASKS", "1")) > 1:
+        missing = [k for k in ("SLURM_NTASKS", "SLURM_LOCALID", "SLURM_JOB_NODELIST", "SLURM_JOB_ID")
+                   if k not in environ]
+        if missing:
+            raise ValueError(f"a SLURM task without {missing}: launch it with srun (or set RANK / WORLD_SIZE)")
+        job_id = environ["SLURM_JOB_ID"]
+        if environ.get("SLURM_ARRAY_JOB_ID"):  # submitit's job id of an array task
+            job_id = f"{environ['SLURM_ARRAY_JOB_ID']}_{environ['SLURM_ARRAY_TASK_ID']}"
+        return {"RANK": environ["SLURM_PROCID"], "WORLD_SIZE": environ["SLURM_NTASKS"],
+                "LOCAL_RANK": environ["SLURM_LOCALID"],
+                "MASTER_ADDR": environ.get("MASTER_ADDR") or hostnames(environ["SLURM_JOB_NODELIST"])[0],
+                "MASTER_PORT": environ.get("MASTER_PORT") or str(random.Random(job_id).randint(20000, 60000))}
+    return {}
+
+
+def choose_device(device: str, local_rank: int, cuda_count: int) -> str:
+    """`auto`: this rank's GPU (`cuda:<local_rank mod visible GPUs>`: ranks share GPUs when there are
+    more ranks than GPUs, and a task that SLURM shows a single GPU uses it), else the CPU."""
     if device == "auto":
-        device = f"cuda:{ranks.local_rank}" if torch.cuda.is_available() else "cpu"
+        return f"cuda:{local_rank % cuda_count}" if cuda_count else "cpu"
+    return device
+
+
+def init(device: str = "auto", environ: Mapping[str, str] | None = None) -> tuple[Ranks, str]:
+    """Join the gloo group when there are several ranks; return the ranks and this rank's device."""
+    env = launch_env(os.environ if environ is None else environ)
+    world = int(env.get("WORLD_SIZE", "1"))
+    ranks = Ranks(int(env.get("RANK", "0")), world, int(env.get("LOCAL_RANK", "0")))
+    device = choose_device(device, ranks.local_rank, torch.cuda.device_count() if torch.cuda.is_available() else 0)
     if device.startswith("cuda"):
         torch.cuda.set_device(torch.device(device))
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    if world > 1:
+        if dist.is_initialized():
+            if "gloo" not in dist.get_backend():
+                raise ValueError(f"a process group with backend {dist.get_backend()!r} exists; crdiff coordinates "
+                                 "through gloo (CPU tensors): let crdiff create the group")
+        else:
+            os.environ.update(env)  # env:// reads them; under torchrun they are already there
+            dist.init_process_group("gloo", timeout=TIMEOUT)
     return ranks, device
 
 

@@ -19,7 +19,7 @@ from typing import Any
 # sits in a key.
 EXCLUDED = frozenset({
     "RunConfig.device", "RunConfig.output_dir", "RunConfig.experiment", "RunConfig.task", "RunConfig.methods",
-    "RunConfig.wandb",
+    "RunConfig.wandb", "RunConfig.lease_min",
     "SamplerConfig.batch_size",
     "AmplifyConfig.batched", "CRDiffConfig.batched",
     "MetricsConfig.batch_size",

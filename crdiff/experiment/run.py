@@ -1,15 +1,17 @@
 """The Hydra entry point: `python -m crdiff.run experiment=smoke` (the only module that sees DictConfig).
 
-One job = every method × resolution of the config over one prompt set. Work items (method,
-resolution, prompt) are split across ranks exactly once; finished images are skipped, so running the
+One job = every method × resolution of the config over one prompt set. Every image is made exactly
+once by whichever rank or concurrent job claims it first; finished images are skipped, so running the
 same command again resumes; rank 0 writes one result row per (method, resolution) key.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import sys
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,7 @@ from typing import Any
 from tqdm import tqdm
 
 from crdiff.experiment import distributed
+from crdiff.experiment.claims import Claims
 from crdiff.experiment.config import RunConfig
 from crdiff.models import MODELS, Resolution
 from crdiff.experiment.prompts import PromptSet, load_prompts
@@ -26,6 +29,7 @@ from crdiff.experiment.keys import METRICS_VERSION, run_key
 from crdiff.experiment.results import load_table, provenance, write_row
 
 log = logging.getLogger("crdiff")
+POLL_S = 2.0  # how often a job re-checks images other processes hold
 
 
 @dataclass(frozen=True)
@@ -73,35 +77,86 @@ def plan(run: RunConfig) -> Plan:
     return Plan(run, prompts, jobs, out)
 
 
-def generate_all(p: Plan, ranks: distributed.Ranks, device: str) -> dict[str, int]:
-    """This rank's share of the images; the model is loaded only if something is missing.
+def generate_all(p: Plan, ranks: distributed.Ranks, device: str) -> int:
+    """Make every missing image this process can claim; returns how many it made.
 
-    Work is cut into fixed batches of `sampler.batch_size` consecutive prompts per job, dealt to ranks
-    in turn: every rank count sees the same batches, so images are bit-identical to one process.
+    Work is cut into fixed batches of `sampler.batch_size` consecutive prompts per job, so any
+    number of ranks or concurrent jobs makes images bit-identical to one process. A process
+    claims an image before making it (crdiff.experiment.claims): ranks start on their own share of
+    each job, then take the batches nobody holds, so concurrent jobs on one output_dir (a sweep's
+    shared dense images, the same command twice) split the work and a dead job's claims are taken
+    over. It returns once every image exists; the model loads only if something is left to make.
     """
-    from crdiff.models import load_pipeline
-    from crdiff.experiment.sampling import generate, is_done, set_scheduler
+    from crdiff.experiment.sampling import is_done
 
     n, size, seed = len(p.prompts), p.run.sampler.batch_size, p.run.sampler.seed
-    batches = ranks.shard([(job, list(range(s, min(s + size, n)))) for job in p.jobs for s in range(0, n, size)])
-    todo = [(job, [i for i in batch if not is_done(job.folder, p.prompts, i, seed)]) for job, batch in batches]
-    counts = {"generated": 0, "skipped": sum(len(b) for _, b in batches) - sum(len(b) for _, b in todo)}
-    if not any(batch for _, batch in todo):
-        return counts
-    pipe = load_pipeline(p.run.model.name, p.run.model.dtype, device)
-    set_scheduler(pipe, p.run.sampler.scheduler)
+    order = []
     for job in p.jobs:
-        mine = [batch for j, batch in todo if j is job and batch]
-        if not mine:
-            continue
-        methods.remove(pipe)
-        methods.apply(pipe, p.run, job.method, job.resolution)
-        with tqdm(total=sum(map(len, mine)), desc=f"{job.method} {job.resolution}", disable=not ranks.is_main) as bar:
-            for batch in mine:
-                counts["generated"] += generate(pipe, p.prompts, batch, job.resolution, p.run.sampler, job.folder,
-                                                bar.update)
-    methods.remove(pipe)
-    return counts
+        batches = [(job, list(range(s, min(s + size, n)))) for s in range(0, n, size)]
+        mine = ranks.shard(list(range(len(batches))))
+        order += [batches[b] for b in mine] + [b for i, b in enumerate(batches) if i % ranks.world != ranks.rank]
+    maker = _Maker(p, device, ranks.is_main)
+    waited = False
+    while True:
+        held_elsewhere = []
+        for job, batch in order:
+            todo = [i for i in batch if not is_done(job.folder, p.prompts, i, seed)]
+            if todo and not maker.make(job, todo):
+                held_elsewhere.append((job, batch))
+        if not held_elsewhere:
+            return maker.close()
+        if not waited:
+            log.info("waiting for %d batches claimed by other processes", len(held_elsewhere))
+            waited = True
+        order = held_elsewhere
+        time.sleep(POLL_S)
+
+
+class _Maker:
+    """The pipeline (loaded at the first image to make) and the method currently applied to it."""
+
+    def __init__(self, p: Plan, device: str, show: bool) -> None:
+        self.p, self.device, self.pipe, self.job, self.made = p, device, None, None, 0
+        self.claims = {job.folder: Claims(job.folder, p.run.lease_min * 60) for job in p.jobs}
+        self.bar = tqdm(desc="images", unit="img", disable=not show)
+
+    def make(self, job: Job, todo: list[int]) -> bool:
+        """Claim `todo` in order up to the first image held elsewhere, make those; False if none."""
+        from crdiff.experiment.sampling import generate, is_done
+
+        claims, seed = self.claims[job.folder], self.p.run.sampler.seed
+        got = list(itertools.takewhile(claims.claim, todo))
+        if not got:
+            return False
+        try:
+            mine = [i for i in got if not is_done(job.folder, self.p.prompts, i, seed)]  # finished meanwhile
+            if mine:
+                with claims.renewing():
+                    self.made += generate(self.pipeline(job), self.p.prompts, mine, job.resolution, self.p.run.sampler,
+                                          job.folder, self.bar.update)
+        finally:
+            for i in got:
+                claims.release(i)
+        return True
+
+    def pipeline(self, job: Job):
+        if self.pipe is None:
+            from crdiff.models import load_pipeline
+            from crdiff.experiment.sampling import set_scheduler
+
+            self.pipe = load_pipeline(self.p.run.model.name, self.p.run.model.dtype, self.device)
+            set_scheduler(self.pipe, self.p.run.sampler.scheduler)
+        if job is not self.job:
+            methods.remove(self.pipe)
+            methods.apply(self.pipe, self.p.run, job.method, job.resolution)
+            self.job = job
+        return self.pipe
+
+    def close(self) -> int:
+        if self.pipe is not None:
+            methods.remove(self.pipe)
+        self.bar.close()
+        return self.made
 
 
 def existing_metrics(p: Plan, job: Job) -> dict[str, float]:
@@ -173,14 +228,11 @@ def execute(run: RunConfig, p: Plan | None = None) -> dict[str, Any]:
     p = p or plan(run)
     ranks, device = distributed.init(run.device)
     try:
-        counts = generate_all(p, ranks, device)
-        if ranks.world > 1:
-            import torch
-            import torch.distributed as dist
-
-            total = torch.tensor([counts["generated"], counts["skipped"]])
-            dist.all_reduce(total)
-            counts = {"generated": int(total[0]), "skipped": int(total[1])}
+        here = generate_all(p, ranks, device)
+        log.info("rank %d of %d made %d images", ranks.rank, ranks.world, here)
+        made = ranks.all_sum([here])[0]
+        total = len(p.jobs) * len(p.prompts)
+        counts = {"generated": made, "skipped": total - made}  # skipped: made before or by other jobs
         ranks.barrier()
         scores = score_all(p, ranks, device)
         table = finalize(p, device, counts, scores) if ranks.is_main else None

@@ -68,7 +68,7 @@ def score_job(metrics: dict[str, ImageMetric], cfg: MetricsConfig, prompts: Prom
         values[name] = metric.compute()
         cache = getattr(metric, "pending_cache", None)
         if cache is not None:
-            with metric.metric.sync_context(should_sync=world > 1):
+            with metric.synced(world > 1):
                 if is_main:
                     metric.save_reference(cache)
             metric.pending_cache = None

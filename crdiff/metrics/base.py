@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 from PIL import Image
 from torchmetrics import MeanMetric
@@ -17,6 +20,28 @@ def unavailable(what: str, err: Exception) -> MetricUnavailableError:
         "once where the internet is reachable: `python scripts/prefetch_weights.py experiment=<name>`, "
         "then run with HF_HUB_OFFLINE=1."
     )
+
+
+@contextmanager
+def states_on_cpu(metric) -> Iterator[None]:
+    """Hold a torchmetrics metric's states on the CPU while it syncs (compute, sync_context).
+
+    torchmetrics syncs states on the device they live on, and crdiff's one process group is gloo
+    (CPU tensors, see crdiff.experiment.distributed): states on a GPU move to the CPU for the sync
+    and back after it, so `update` keeps running on the GPU.
+    """
+    device = metric.device
+    _move_states(metric, torch.device("cpu"))
+    try:
+        yield
+    finally:
+        _move_states(metric, device)
+
+
+def _move_states(metric, device: torch.device) -> None:
+    for name in metric._defaults:
+        value = getattr(metric, name)
+        setattr(metric, name, [v.to(device) for v in value] if isinstance(value, list) else value.to(device))
 
 
 class ImageMetric:
@@ -43,7 +68,7 @@ class MeanScore(ImageMetric):
     """Mean of a per-image score; subclasses implement `score(images, prompts) -> Tensor[B]`."""
 
     def __init__(self) -> None:
-        self.mean = MeanMetric().set_dtype(torch.float64)
+        self.mean = MeanMetric().set_dtype(torch.float64)  # stays on the CPU: synced through gloo
 
     @torch.no_grad()
     def update(self, images: list[Image.Image], prompts: list[str]) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +13,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from crdiff.metrics.base import ImageMetric, unavailable
+from crdiff.metrics.base import ImageMetric, states_on_cpu, unavailable
 
 
 def to_uint8(images: list[Image.Image]) -> torch.Tensor:
@@ -37,13 +39,17 @@ class _FeatureMetric(ImageMetric):
             self.metric.update(to_uint8(images).to(self.device), real=True)
 
     def compute(self) -> float:
-        with torch.random.fork_rng(devices=[]):  # KID's random subsets: the same on every run and rank
-            torch.manual_seed(0)
+        with torch.random.fork_rng(devices=[]), states_on_cpu(self.metric):  # KID's random subsets: the same
+            torch.manual_seed(0)  # on every run and rank
             value = self.metric.compute()
         return float(value[0] if isinstance(value, tuple) else value)
 
     def reset(self) -> None:
         self.metric.reset()
+
+    def synced(self, sync: bool):
+        """All ranks' states gathered (on the CPU) inside the `with`; this rank's own after it."""
+        return _synced(self.metric, sync)
 
     def cache_file(self, cache_dir: Path, reference_key: str) -> Path:
         key = hashlib.sha256(json.dumps([self.name, self.feature_name, reference_key]).encode()).hexdigest()[:16]
@@ -61,6 +67,12 @@ class _FeatureMetric(ImageMetric):
             value = value.to(self.device) if share else (value[:0] if isinstance(getattr(self.metric, s), list)
                                                          else torch.zeros_like(value)).to(self.device)
             setattr(self.metric, s, [value] if isinstance(getattr(self.metric, s), list) else value)
+
+
+@contextmanager
+def _synced(metric, sync: bool) -> Iterator[None]:
+    with states_on_cpu(metric), metric.sync_context(should_sync=sync):
+        yield
 
 
 class FID(_FeatureMetric):
