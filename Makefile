@@ -5,11 +5,15 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE ?= 1
 
 .PHONY: install main test test-fast bench
+# GPU nodes whose driver is older than R580: `make install TORCH_CUDA=cu126` (or cu128) installs torch
+# built for that CUDA first; the torch==2.14.1 pin accepts it (README "On a GPU node").
+TORCH_CUDA ?=
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+	$(if $(TORCH_CUDA),$(BIN)/pip install --quiet torch==2.14.1 torchvision==0.29.1 --index-url https://download.pytorch.org/whl/$(TORCH_CUDA))
 	$(BIN)/pip install --quiet -e '.[dev,launchers,metrics]'
 	touch $@
 

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from crdiff.experiment.claims import HOST, Claims
-from crdiff.experiment.distributed import choose_device, hostnames, launch_env
+from crdiff.experiment.distributed import hostnames, launch_env
 
 ROOT = Path(__file__).resolve().parents[1]
 SLURM = {"SLURM_JOB_ID": "4242", "SLURM_NTASKS": "16", "SLURM_PROCID": "9", "SLURM_LOCALID": "1",
@@ -54,14 +54,6 @@ def test_torchrun_variables_win_and_one_task_is_one_process():
     assert launch_env({}) == {}
     with pytest.raises(ValueError, match=r"without \['SLURM_JOB_NODELIST'\]: launch it with srun"):
         launch_env({k: v for k, v in SLURM.items() if k != "SLURM_JOB_NODELIST"})
-
-
-@pytest.mark.parametrize("device,local_rank,gpus,want", [
-    ("auto", 0, 0, "cpu"), ("auto", 5, 8, "cuda:5"), ("auto", 1, 1, "cuda:0"),  # 2 ranks share one GPU
-    ("auto", 3, 2, "cuda:1"), ("cpu", 3, 8, "cpu"), ("cuda:2", 0, 8, "cuda:2"),
-])
-def test_device_of_a_rank(device, local_rank, gpus, want):
-    assert choose_device(device, local_rank, gpus) == want
 
 
 def test_claims_are_exclusive_and_released(tmp_path):

@@ -19,6 +19,8 @@ from typing import TypeVar
 import torch
 import torch.distributed as dist
 
+from crdiff.experiment import hardware
+
 T = TypeVar("T")
 # How long ranks wait for each other at rendezvous and at a barrier (metrics wait for the slowest rank).
 TIMEOUT = timedelta(hours=2)
@@ -92,20 +94,12 @@ def launch_env(environ: Mapping[str, str]) -> dict[str, str]:
     return {}
 
 
-def choose_device(device: str, local_rank: int, cuda_count: int) -> str:
-    """`auto`: this rank's GPU (`cuda:<local_rank mod visible GPUs>`: ranks share GPUs when there are
-    more ranks than GPUs, and a task that SLURM shows a single GPU uses it), else the CPU."""
-    if device == "auto":
-        return f"cuda:{local_rank % cuda_count}" if cuda_count else "cpu"
-    return device
-
-
 def init(device: str = "auto", environ: Mapping[str, str] | None = None) -> tuple[Ranks, str]:
     """Join the gloo group when there are several ranks; return the ranks and this rank's device."""
     env = launch_env(os.environ if environ is None else environ)
     world = int(env.get("WORLD_SIZE", "1"))
     ranks = Ranks(int(env.get("RANK", "0")), world, int(env.get("LOCAL_RANK", "0")))
-    device = choose_device(device, ranks.local_rank, torch.cuda.device_count() if torch.cuda.is_available() else 0)
+    device = hardware.pick(device, ranks.local_rank)
     if device.startswith("cuda"):
         torch.cuda.set_device(torch.device(device))
     if world > 1:

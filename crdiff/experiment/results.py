@@ -13,11 +13,16 @@ from typing import Any
 from crdiff import atomic
 
 
-def provenance(device: str = "cpu") -> dict[str, Any]:
-    """Where and with what a result was made: git SHA, versions, device, host, time."""
+def provenance(device: str = "cpu", machine=None) -> dict[str, Any]:
+    """Where and with what a result was made: git SHA, versions, torch's CUDA build, device, the GPUs
+    and their driver (`machine`: a `hardware.Probe`, probed if None), host, time."""
     import diffusers
     import torch
     import transformers
+
+    from crdiff.experiment.hardware import probe
+
+    machine = probe() if machine is None else machine
 
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
@@ -28,6 +33,8 @@ def provenance(device: str = "cpu") -> dict[str, Any]:
     return {
         "git_sha": sha, "torch": torch.__version__, "diffusers": diffusers.__version__,
         "transformers": transformers.__version__, "device": str(device), "device_name": name,
+        "torch_cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version() if torch.cuda.is_available() else None,
+        "driver": machine.driver, "driver_cuda": machine.driver_cuda, "gpus": list(machine.names),
         "host": socket.gethostname(), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -18,7 +19,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from crdiff.experiment import distributed
+from crdiff.experiment import distributed, hardware
 from crdiff.experiment.claims import Claims
 from crdiff.experiment.config import RunConfig
 from crdiff.models import MODELS, Resolution
@@ -75,6 +76,24 @@ def plan(run: RunConfig) -> Plan:
             key = run_key(images=images_key, resolution=str(res), metrics=run.metrics, metrics_version=METRICS_VERSION)
             jobs.append(Job(method, setting, res, key, images / str(res)))
     return Plan(run, prompts, jobs, out)
+
+
+def check_device(p: Plan) -> str:
+    """This process's device, decided before any work: GPUs torch cannot use are an error, and so is
+    a full-size model that `device=auto` would leave to the CPU (`device=cpu` asks for it)."""
+    device = hardware.pick(p.run.device, int(distributed.launch_env(os.environ).get("LOCAL_RANK", "0")))
+    spec = MODELS.get(p.run.model.name)
+    if device != "cpu" or p.run.device != "auto" or (spec and spec.source.split(":")[0] in ("tiny", "bundled")):
+        return device
+    cost = ""
+    if p.run.task == "generate":
+        amplified = {m: (crd := p.run.method(m)) is not None and crd.k != 1 for m in p.run.methods}
+        hours = hardware.cpu_hours([(len(p.prompts), p.run.sampler.steps, job.resolution.height * job.resolution.width,
+                                     amplified[job.method]) for job in p.jobs])
+        cost = (f" ({len(p.jobs) * len(p.prompts)} images: at least {hours:,.1f} h on a 2-core CPU, from the "
+                "sd15 UNet step time in results/bench/core_sd15_256x256_fp32_cpu.md scaled by pixels)")
+    raise ValueError(f"model {p.run.model.name} is full size and this machine has no GPU{cost}; "
+                     "run with device=cpu to use the CPU anyway")
 
 
 def generate_all(p: Plan, ranks: distributed.Ranks, device: str) -> int:
@@ -226,6 +245,7 @@ def finalize(p: Plan, device: str, counts: dict[str, int], scores: dict[str, dic
 def execute(run: RunConfig, p: Plan | None = None) -> dict[str, Any]:
     """Plan, generate this rank's share, gather once; returns counts (summed over ranks) and the table."""
     p = p or plan(run)
+    check_device(p)
     ranks, device = distributed.init(run.device)
     try:
         here = generate_all(p, ranks, device)
@@ -265,6 +285,7 @@ def cli() -> None:
         try:
             run = RunConfig.from_dict(OmegaConf.to_container(cfg, resolve=True))
             checked = plan(run)  # every input check, before any model loads
+            check_device(checked)
         except (ValueError, TypeError) as err:
             print(f"crdiff: error: {err}", file=sys.stderr)
             sys.exit(2)
