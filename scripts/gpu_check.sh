@@ -53,9 +53,11 @@ for name in ("torchrun", "slurm", "concurrent"):
     other, t = images(work / name), load_table(work / name).set_index("key").sort_index()
     same = other.keys() == one.keys() and all(np.array_equal(one[k], other[k]) for k in one)
     worst = max(np.abs(one[k].astype(int) - other[k].astype(int)).max() for k in one) if other.keys() == one.keys() else None
-    close = list(t.index) == list(table.index) and np.allclose(t[metrics], table[metrics], rtol=1e-6, atol=1e-9)
+    # metric models see other batch compositions across ranks: float rounding only (tests/test_metrics.py)
+    gap = float(np.abs(t[metrics].to_numpy() - table[metrics].to_numpy()).max()) if list(t.index) == list(table.index) else None
+    close = gap is not None and np.allclose(t[metrics], table[metrics], rtol=1e-6, atol=1e-6)
     print(f"{name}: {len(other)} images, bit-identical to one process: {same} (max pixel diff {worst}); "
-          f"metrics equal: {close}")
+          f"metrics equal: {close} (max diff {gap})")
     ok &= same and close
 print("gpu_check:", "PASS" if ok else "FAIL")
 sys.exit(0 if ok else 1)
