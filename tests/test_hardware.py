@@ -52,7 +52,8 @@ def test_probe_reads_device_files_and_nvidia_smi(tmp_path):
 def test_usable_gpus_give_each_rank_its_own_or_a_shared_one():
     assert pick("auto", 5, cuda_count=8, machine=OLD_DRIVER) == "cuda:5"
     assert pick("auto", 1, cuda_count=1) == "cuda:0"  # two ranks on one GPU
-    assert pick("cuda:2", 0, cuda_count=8) == "cuda:2" and pick("cpu", 3, cuda_count=8) == "cpu"
+    assert pick("cuda", 3, cuda_count=8) == "cuda:3" and pick("cuda:2", 0, cuda_count=8) == "cuda:2"
+    assert pick("cpu", 3, cuda_count=8) == "cpu"
 
 
 @pytest.mark.parametrize("device", ["auto", "cuda", "cuda:1"])

@@ -76,15 +76,15 @@ def unusable(p: Probe) -> str:
 
 
 def pick(device: str, local_rank: int = 0, cuda_count: int | None = None, machine: Probe | None = None) -> str:
-    """The device of this rank: `auto` is its GPU (`cuda:<local_rank mod visible GPUs>`: ranks share
-    GPUs when there are more ranks than GPUs, and a task shown one GPU uses it), else the CPU; GPUs
-    torch cannot use are an error, for `auto` and `cuda` alike."""
+    """The device of this rank: `auto` (and `cuda`) is its GPU, `cuda:<local_rank mod visible GPUs>`
+    (ranks share GPUs when there are more ranks than GPUs; a task shown one GPU uses it), else the
+    CPU; GPUs torch cannot use are an error, for `auto` and `cuda` alike."""
     if cuda_count is None:
         cuda_count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if device == "cpu" or (cuda_count and device.startswith("cuda")):
-        return device
-    if cuda_count and device == "auto":
+    if cuda_count and device in ("auto", "cuda"):
         return f"cuda:{local_rank % cuda_count}"
+    if device == "cpu" or (cuda_count and device.startswith("cuda:")):
+        return device
     if device == "auto" or device.startswith("cuda"):
         machine = probe() if machine is None else machine
         if machine.has_gpu:
