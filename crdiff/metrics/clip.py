@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
 from crdiff.metrics.base import MeanScore, unavailable
+from crdiff.weights import HubFiles, LocalFiles, UrlFile
+
+SIGLIP = "google/siglip-so400m-patch14-384"  # aesthetic_predictor_v2_5's default encoder
 
 
 class CLIPScore(MeanScore):
@@ -27,6 +32,31 @@ class CLIPScore(MeanScore):
             tokenizer = open_clip.get_tokenizer(arch)
         self.model, self.preprocess, self.tokenizer = model.eval().to(device), preprocess, tokenizer
         self.device = device
+
+    @classmethod
+    def needs(cls, arch: str = "ViT-L-14", pretrained: str | None = "openai", **_) -> list:
+        """What open_clip's own pretrained table points `arch` / `pretrained` at: a hub file (preferred
+        by open_clip when it has one, the safetensors copy first) or a URL into ~/.cache/clip."""
+        import open_clip
+
+        what = f"metric clip: open_clip {arch} ({pretrained})"
+        if pretrained is None:
+            return []
+        if Path(pretrained).is_file():
+            return [LocalFiles(what, (Path(pretrained),), "metrics.clip_pretrained=<an existing checkpoint file>")]
+        cfg = open_clip.get_pretrained_cfg(arch, pretrained)
+        if not cfg:
+            raise ValueError(f"open_clip has no pretrained tag {pretrained!r} for {arch!r}; valid choices: "
+                             f"{open_clip.list_pretrained_tags_by_model(arch)}")
+        if cfg.get("hf_hub"):
+            repo, filename = cfg["hf_hub"].rstrip("/"), ""
+            if not cfg["hf_hub"].endswith("/"):
+                repo, filename = cfg["hf_hub"].rsplit("/", 1)
+            if not filename:
+                return [HubFiles(what, repo, (("open_clip_model.safetensors", "open_clip_pytorch_model.bin"),))]
+            safe = (filename.rsplit(".", 1)[0] + ".safetensors",) if filename.endswith((".bin", ".pth")) else ()
+            return [HubFiles(what, repo, ((*safe, filename),))]
+        return [UrlFile(what, cfg["url"], Path("~/.cache/clip").expanduser() / cfg["url"].rsplit("/", 1)[-1])]
 
     def score(self, images: list[Image.Image], prompts: list[str]) -> torch.Tensor:
         pixels = torch.stack([self.preprocess(im) for im in images]).to(self.device)
@@ -54,6 +84,12 @@ class PickScore(MeanScore):
                 raise unavailable(f"PickScore ({model_id})", err) from None
         self.model, self.processor, self.device = model.eval().to(device), processor, device
 
+    @classmethod
+    def needs(cls, model_id: str = MODEL, processor_id: str = PROCESSOR, **_) -> list:
+        return [HubFiles("metric pickscore: model", model_id, (("config.json",), ("model.safetensors", "pytorch_model.bin"))),
+                HubFiles("metric pickscore: processor", processor_id,
+                         (("preprocessor_config.json",), ("tokenizer_config.json",), ("tokenizer.json", "vocab.json")))]
+
     def score(self, images: list[Image.Image], prompts: list[str]) -> torch.Tensor:
         pixels = self.processor(images=images, return_tensors="pt")["pixel_values"].to(self.device)
         tokens = self.processor(text=prompts, padding=True, truncation=True, max_length=77, return_tensors="pt")
@@ -79,6 +115,17 @@ class Aesthetic(MeanScore):
             except Exception as err:  # noqa: BLE001 - SigLIP from the hub, the head from GitHub
                 raise unavailable("aesthetic predictor v2.5 (SigLIP so400m + head)", err) from None
         self.model, self.processor, self.device = model.eval().to(device), processor, device
+
+    @classmethod
+    def needs(cls, **_) -> list:
+        """SigLIP so400m from the hub and the v2.5 head, which the package fetches through torch.hub."""
+        import torch
+        from aesthetic_predictor_v2_5.siglip_v2_5 import URL
+
+        return [HubFiles("metric aesthetic: SigLIP so400m", SIGLIP,
+                         (("config.json",), ("model.safetensors",), ("preprocessor_config.json",))),
+                UrlFile("metric aesthetic: v2.5 head", URL,
+                        Path(torch.hub.get_dir()) / "checkpoints" / URL.rsplit("/", 1)[-1])]
 
     def score(self, images: list[Image.Image], prompts: list[str]) -> torch.Tensor:
         pixels = self.processor(images=images, return_tensors="pt")["pixel_values"].to(self.device)

@@ -15,8 +15,20 @@ from crdiff.metrics.base import MeanScore
 from crdiff.metrics.fid import FID, to_uint8
 
 
+def _classifier(name: str) -> list:
+    from crdiff.miniature import digits
+    from crdiff.weights import LocalFiles
+
+    return [LocalFiles(f"metric {name}: the shipped digit classifier", (digits.CLASSIFIER_FILE,),
+                       "git checkout -- crdiff/assets (it ships with crdiff)")]
+
+
 class DigitFID(FID):
     name = "digit_fid"
+
+    @classmethod
+    def needs(cls, **_) -> list:
+        return _classifier(cls.name)
 
     def __init__(self, classifier=None, device: str = "cpu") -> None:
         from crdiff.miniature import digits
@@ -27,6 +39,10 @@ class DigitFID(FID):
 
 class DigitAccuracy(MeanScore):
     name = "digit_accuracy"
+
+    @classmethod
+    def needs(cls, **_) -> list:
+        return _classifier(cls.name)
 
     def __init__(self, classifier=None, device: str = "cpu") -> None:
         from crdiff.miniature import digits

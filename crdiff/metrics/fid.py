@@ -14,6 +14,7 @@ from PIL import Image
 from torch import nn
 
 from crdiff.metrics.base import ImageMetric, states_on_cpu, unavailable
+from crdiff.weights import UrlFile
 
 
 def to_uint8(images: list[Image.Image]) -> torch.Tensor:
@@ -29,6 +30,15 @@ class _FeatureMetric(ImageMetric):
 
     def __init__(self, metric, feature_name: str, device: str = "cpu") -> None:
         self.metric, self.feature_name, self.device = metric.to(device), feature_name, device
+
+    @classmethod
+    def needs(cls, **options) -> list:
+        """torchmetrics builds torch-fidelity's Inception-v3, whose weights torch.hub keeps by file name."""
+        import torch
+        from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
+
+        path = Path(torch.hub.get_dir()) / "checkpoints" / URL_INCEPTION_V3.rsplit("/", 1)[-1]
+        return [UrlFile(f"metric {cls.name}: Inception-v3 (torch-fidelity)", URL_INCEPTION_V3, path)]
 
     def update(self, images: list[Image.Image], prompts: list[str]) -> None:
         if images:

@@ -17,8 +17,10 @@ from PIL import Image
 from torch import nn
 
 from crdiff.metrics.base import MeanScore, unavailable
+from crdiff.weights import HubFiles
 
 REPO = "THUDM/ImageReward"
+BERT = "google-bert/bert-base-uncased"  # ImageReward's tokenizer
 MEAN, STD = 0.16717362830052426, 1.0333394966054072  # the reward normalisation of ImageReward v1.0
 CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 
@@ -105,6 +107,11 @@ class ImageReward(MeanScore):
         self.model, self.tokenizer, self.device = model.eval().to(device), tokenizer, device
         self.image_size = image_size
 
+    @classmethod
+    def needs(cls, **_) -> list:
+        return [HubFiles("metric image_reward: checkpoint", REPO, (("ImageReward.pt",), ("med_config.json",))),
+                HubFiles("metric image_reward: BERT tokenizer", BERT, (("vocab.txt",), ("tokenizer_config.json",)))]
+
     def pixels(self, images: list[Image.Image]) -> torch.Tensor:
         """ImageReward's preprocessing: bicubic resize of the short side, centre crop, CLIP normalisation."""
         from torchvision.transforms import CenterCrop, Compose, InterpolationMode, Normalize, Resize, ToTensor
@@ -127,7 +134,7 @@ def load_image_reward() -> tuple[ImageRewardModel, object]:
     try:
         checkpoint = hf_hub_download(REPO, "ImageReward.pt")
         med_config = json.loads(open(hf_hub_download(REPO, "med_config.json")).read())
-        tokenizer = BertTokenizer.from_pretrained("google-bert/bert-base-uncased")
+        tokenizer = BertTokenizer.from_pretrained(BERT)
     except Exception as err:  # noqa: BLE001 - any missing file means the same fix
         raise unavailable(f"ImageReward v1.0 ({REPO})", err) from None
     model = ImageRewardModel(*configs(med_config))

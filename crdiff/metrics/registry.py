@@ -8,6 +8,26 @@ METRICS = ("fid", "kid", "clip", "image_reward", "pickscore", "aesthetic", "digi
 REFERENCE_METRICS = ("fid", "kid", "digit_fid")  # distribution metrics: they need real reference images
 
 
+def metric_class(name: str) -> type[ImageMetric]:
+    from crdiff.metrics import clip, digits, fid
+    from crdiff.metrics.image_reward import ImageReward
+
+    classes = {"fid": fid.FID, "kid": fid.KID, "clip": clip.CLIPScore, "image_reward": ImageReward,
+               "pickscore": clip.PickScore, "aesthetic": clip.Aesthetic, "digit_fid": digits.DigitFID,
+               "digit_accuracy": digits.DigitAccuracy}
+    if name not in classes:
+        raise ValueError(f"unknown metric {name!r}; valid choices: {list(METRICS)}")
+    return classes[name]
+
+
+def metric_needs(name: str, tiny: bool = False, **options) -> list:
+    """What `build_metric(name, tiny, **options)` loads from disk: nothing for the tiny stand-ins
+    (built from config), except the miniature's metrics, which read the shipped classifier either way."""
+    if tiny and not name.startswith("digit_"):
+        return []
+    return metric_class(name).needs(**options)
+
+
 def build_metric(name: str, tiny: bool = False, device: str = "cpu", **options) -> ImageMetric:
     """A fresh metric `name`; `tiny=True` injects random-weight stand-ins of the real model classes."""
     from crdiff.metrics import clip, fid

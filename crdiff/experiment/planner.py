@@ -1,0 +1,236 @@
+"""`python -m crdiff.run task=plan <overrides>`: what a command will do and cost, before it runs.
+
+One row per job (method x resolution, for each value of a sweep), the images already on disk, a
+GPU-hour estimate from the per-image times recorded in results/bench/throughput.csv, the disk the
+images take, and every missing piece (crdiff.experiment.preflight). Loads no weights.
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+
+from crdiff.experiment.config import RunConfig
+from crdiff.models import DTYPES, Resolution
+
+THROUGHPUT = Path(__file__).resolve().parents[2] / "results" / "bench" / "throughput.csv"
+# A generated photo saved as PNG: ~1.7 bytes per pixel (an assumption, not a measurement), used until
+# a job has images on disk, whose mean size is then used instead.
+PNG_BYTES_PER_PIXEL = 1.7
+# Models without their own measurement that share another's UNet layout and widths (SD2.1: SD1.5's
+# blocks with linear projections and 1024-d cross-attention): an estimate, said so in the output.
+SAME_COST = {"sd21": "sd15"}
+
+
+# ---- which runs: each value of a sweep ------------------------------------------------------------
+def expand(overrides: list[str], sweep: dict[str, str] | None = None) -> list[list[str]]:
+    """The override lists of every job of a sweep: `model=sd15,sd21` on the command line and an
+    experiment's `hydra.sweeper.params` (a command-line value wins over the experiment's)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    given = parser.parse_overrides(list(overrides))
+    keys = {o.get_key_element() for o in given}
+    params = [f"{k}={v}" for k, v in (sweep or {}).items() if k not in keys]
+    axes = [[f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()] if o.is_sweep_override()
+            else [o.input_line] for o in given + parser.parse_overrides(params)]
+    return [list(combo) for combo in itertools.product(*axes)]
+
+
+def compose_runs(overrides: list[str], sweep: dict[str, str] | None = None) -> list[tuple[list[str], RunConfig]]:
+    """(overrides, RunConfig) of every job; `sweep=None` reads the experiment's own sweeper params."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    def build(ovr: list[str], hydra: bool = False):
+        return compose("config", overrides=ovr, return_hydra_config=hydra)
+
+    def runs():
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        fixed = [o.input_line for o in OverridesParser.create().parse_overrides(list(overrides))
+                 if not o.is_sweep_override()]
+        params = sweep
+        if params is None:
+            params = dict(OmegaConf.to_container(build(fixed, True).hydra.sweeper.params or {}, resolve=False))
+        out = []
+        for combo in expand(overrides, {k: str(v) for k, v in params.items()}):
+            cfg = OmegaConf.to_container(build(combo), resolve=True)
+            out.append((combo, RunConfig.from_dict(cfg)))
+        return out
+
+    if GlobalHydra.instance().is_initialized():  # inside `python -m crdiff.run`
+        return runs()
+    with initialize_config_dir(str(Path(__file__).resolve().parents[2] / "conf"), version_base="1.3"):
+        return runs()
+
+
+def runs_of(overrides: list[str], hydra_cfg) -> list[tuple[list[str], RunConfig]]:
+    """The runs of this command: in a single run the experiment's sweep is expanded here (so
+    `task=plan experiment=table_b` shows its three models); under `-m` Hydra already made this job one."""
+    from hydra.types import RunMode
+
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        return compose_runs(overrides, sweep={})
+    return compose_runs(overrides, sweep={str(k): str(v) for k, v in (hydra_cfg.sweeper.params or {}).items()})
+
+
+# ---- the cost of one image ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Measurement:
+    model: str
+    resolution: Resolution
+    dtype: str
+    method: str
+    device_name: str
+    steps: int
+    seconds_per_image: float
+    kind: str  # "job": a whole job timed; "unet_calls": denoiser calls only (a lower bound)
+    source: str
+
+
+def measurements(path: Path = THROUGHPUT) -> list[Measurement]:
+    if not path.is_file():
+        return []
+    with path.open(newline="") as f:
+        return [Measurement(r["model"], Resolution.parse(r["resolution"]), r["dtype"], r["method"], r["device_name"],
+                            int(r["steps"]), float(r["seconds_per_image"]), r["kind"], r["source"])
+                for r in csv.DictReader(f)]
+
+
+def cost_class(run: RunConfig, method: str) -> str:
+    """`crdiff` (two denoiser evaluations per step, one batched call) / `crdiff_sequential` / `dense`
+    (one evaluation: dense, bwp's pruned net alone, freeu, entropy)."""
+    crd = run.method(method)
+    if crd is None or crd.k in (0.0, 1.0):
+        return "dense"
+    return "crdiff" if crd.batched else "crdiff_sequential"
+
+
+def seconds_per_image(table: list[Measurement], model: str, resolution: Resolution, dtype: str, method: str,
+                      steps: int) -> tuple[float, Measurement, str] | None:
+    """(seconds, the measurement used, how it was scaled): a whole-job row before a denoiser-call row,
+    the same resolution before the nearest pixel count (time scaled by pixels), the same dtype before
+    another of the same width (fp16 ~ bf16); time scales with the step count."""
+    model = model if any(m.model == model for m in table) else SAME_COST.get(model, model)
+    width = DTYPES[dtype].itemsize if dtype in DTYPES else None
+    rows = [m for m in table if m.model == model and m.method == method
+            and (m.dtype == dtype or DTYPES[m.dtype].itemsize == width)]
+    if not rows:
+        return None
+    pixels = resolution.height * resolution.width
+
+    def rank(m: Measurement):
+        return (m.kind != "job", m.dtype != dtype, abs(m.resolution.height * m.resolution.width - pixels))
+
+    best = min(rows, key=rank)
+    scale = pixels / (best.resolution.height * best.resolution.width)
+    notes = [n for n, on in ((f"{best.model} measured for {model}", best.model != model),
+                             (f"scaled from {best.resolution} by pixel count", scale != 1),
+                             (f"{best.dtype} measured for {dtype}", best.dtype != dtype)) if on]
+    return best.seconds_per_image * scale * steps / best.steps, best, "; ".join(notes)
+
+
+# ---- the plan ------------------------------------------------------------------------------------
+@dataclass
+class Row:
+    model: str
+    method: str
+    resolution: Resolution
+    images: int | None
+    done: int
+    folder: str
+    bytes_per_image: float | None = None
+
+
+def _done(folder: Path, n: int) -> tuple[int, float | None]:
+    """Images whose PNG and metadata both exist (the run re-validates each one), and their mean size."""
+    if not folder.is_dir():
+        return 0, None
+    sizes = [(folder / f"{i:05d}.png").stat().st_size for i in range(n)
+             if (folder / f"{i:05d}.png").is_file() and (folder / f"{i:05d}.json").is_file()]
+    return len(sizes), (sum(sizes) / len(sizes) if sizes else None)
+
+
+def rows_of(run: RunConfig) -> tuple[list[Row], list[str]]:
+    """The jobs of one run, and why a job's count or folder is unknown (a missing prompt file)."""
+    from crdiff.experiment.run import plan
+
+    try:
+        p = plan(run)
+    except ValueError as err:
+        n = run.prompts.limit
+        note = f"{err}" + ("" if n else "; pass prompts.limit=N to plan N prompts per job")
+        return [Row(run.model.name, m, res, n, 0, "?") for m in run.methods for _, res in
+                run.resolutions.selected()], [note]
+    rows = []
+    for job in p.jobs:
+        done, size = _done(job.folder, len(p.prompts))
+        rows.append(Row(run.model.name, job.method, job.resolution, len(p.prompts), done, str(job.folder),
+                        bytes_per_image=size))
+    return rows, []
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1000
+    return ""
+
+
+def report(runs: list[tuple[list[str], RunConfig]], overrides: list[str] = (), table: list[Measurement] | None = None,
+           reachable: bool | None = None) -> str:
+    """The printed plan of `runs` (see the module docstring)."""
+    from crdiff.experiment import preflight
+
+    table = measurements() if table is None else table
+    lines, notes, missing, used, cards, unknown = [], [], [], {}, set(), set()
+    total = todo = 0
+    disk = hours_total = 0.0
+    header = f"{'model':<10} {'method':<12} {'resolution':<10} {'images':>7} {'done':>7} {'to do':>7} {'GPU-h':>7}  folder"
+    for _, run in runs:
+        rows, why = rows_of(run)
+        notes += [n for n in why if n not in notes]
+        for piece in preflight.check(run, list(overrides), reachable):
+            if str(piece) not in missing:
+                missing.append(str(piece))
+        for r in rows:
+            left = None if r.images is None else r.images - r.done
+            est = seconds_per_image(table, run.model.name, r.resolution, run.model.dtype, cost_class(run, r.method),
+                                    run.sampler.steps)
+            hours = None
+            if est is not None and left is not None:
+                seconds, m, how = est
+                hours = seconds * left / 3600
+                hours_total += hours
+                cards.add(m.device_name)
+                used.setdefault(f"{m.model} {m.resolution} {m.dtype} {m.method} ({m.kind}: {m.source})", how)
+            elif est is None:
+                unknown.add(f"{run.model.name} {run.model.dtype} {cost_class(run, r.method)}")
+            if r.images is not None:
+                total, todo = total + r.images, todo + left
+                per_image = r.bytes_per_image or PNG_BYTES_PER_PIXEL * r.resolution.height * r.resolution.width
+                disk += per_image * left
+            lines.append(f"{r.model:<10} {r.method:<12} {str(r.resolution):<10} "
+                         f"{'?' if r.images is None else r.images:>7} {r.done:>7} {'?' if left is None else left:>7} "
+                         f"{'?' if hours is None else f'{hours:.2f}':>7}  {r.folder}")
+    out = [header, *lines]
+    out.append(f"total: {total} images ({todo} to generate)" + (" -- counts unknown for some jobs" if notes else ""))
+    if used:
+        out.append(f"estimate: {hours_total:.1f} GPU-hours on {', '.join(sorted(cards))} -- an estimate, not a "
+                   f"measurement, from results/bench/{THROUGHPUT.name}:")
+        out += [f"  {m}" + (f" [{how}]" if how else "") for m, how in used.items()]
+        if any("unet_calls" in m for m in used):
+            out.append("  unet_calls rows time the denoiser only: text encoders, VAE decode, PNG writes and metrics "
+                       "add to it")
+    for what in sorted(unknown):
+        out.append(f"estimate: no measurement for {what} in {THROUGHPUT.name}; those jobs are left out of the hours")
+    out.append(f"disk: ~{_fmt_bytes(disk)} for the images still to generate (PNG, ~{PNG_BYTES_PER_PIXEL} bytes/pixel "
+               "assumed where no image of the job exists yet)")
+    out += [f"note: {n}" for n in notes]
+    out += [f"missing: {m}" for m in missing] or ["missing: nothing"]
+    return "\n".join(out)
