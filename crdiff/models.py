@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from crdiff import tiny
-from crdiff.weights import PipelineWeights, hub_cache, offline
+from crdiff.weights import PipelineWeights, hub_cache, is_variant_file, offline
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -188,20 +188,30 @@ def locate(name: str, source: str | None = None, revision: str | None = None,
         if source is not None:
             raise ValueError(f"model {name!r} is already a source; give model.source only with a registry name "
                              f"({sorted(MODELS)}) whose label the rows keep")
-        where = PipelineWeights(f"model {name}", name, revision)
+        where = PipelineWeights(f"model {name}", name, revision, _folder_variant(name, dtype))
     else:
         if source is not None and source.startswith(("tiny:", "bundled:")):
             raise ValueError(f"model.source={source!r} is internal; give a hub id 'org/name' or a local folder")
         chosen = source or spec.source
-        # the registry's revision and variant describe the registry's repo, not a source given instead
+        # the registry's revision describes the registry's repo, not a source given instead; a hub
+        # source gets the registry's variant (diffusers falls back to plain files where a repo has none)
         same = chosen == spec.source
-        variant = spec.variant if same and spec.variant == dtype else None
+        variant = (_folder_variant(chosen, dtype) if Path(chosen).is_dir()
+                   else spec.variant if spec.variant == dtype else None)
         where = PipelineWeights(f"model {name}", chosen, revision if revision is not None else
                                 (spec.revision if same else None), variant)
     if where.source in GONE_SOURCES:
         raise ValueError(f"{where.source} is gone from the hub; its maintained copy is "
                          f"{GONE_SOURCES[where.source]} (model.source={GONE_SOURCES[where.source]})")
     return where
+
+
+def _folder_variant(folder: str, dtype: str | None) -> str | None:
+    """A folder saved with `save_pretrained(variant=dtype)` holds only `*.<dtype>.*` weight files, which
+    diffusers loads only when asked for that variant."""
+    if dtype is None or not Path(folder).is_dir():
+        return None
+    return dtype if any(is_variant_file(f.name, dtype) for f in Path(folder).glob("*/*")) else None
 
 
 def resolve(name_or_path: str, source: str | None = None) -> str:

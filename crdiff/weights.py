@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -160,6 +161,17 @@ class LocalFiles(Requirement):
         return ", ".join(p.name for p in self.paths)
 
 
+def is_variant_file(name: str, variant: str) -> bool:
+    """`model.fp16.safetensors`, a shard `model.fp16-00001-of-00002.safetensors`, or its index."""
+    return re.fullmatch(rf"[\w-]+\.{re.escape(variant)}(-[\w-]+)?\.(safetensors|bin)|[\w-]+\.(safetensors|bin)\.index\."
+                        rf"{re.escape(variant)}\.json", name) is not None
+
+
+def is_plain_file(name: str) -> bool:
+    """A weight file without a variant infix (what diffusers loads when no variant is asked for)."""
+    return re.fullmatch(r"[\w-]+\.(safetensors|bin)(\.index\.json)?", name) is not None
+
+
 def pipeline_gaps(folder: Path, variant: str | None) -> list[str]:
     """What a saved diffusers pipeline folder lacks for `from_pretrained(folder, variant=...)`: its
     model_index.json, a component folder, or a weight file of a component that holds weights."""
@@ -174,10 +186,13 @@ def pipeline_gaps(folder: Path, variant: str | None) -> list[str]:
         if not sub.is_dir() or not any(sub.iterdir()):
             gaps.append(f"{name}/")
         elif not any(part in name for part in _NO_WEIGHTS):
-            weights = [f.name for f in sub.iterdir() if f.suffix in (".safetensors", ".bin") or f.name.endswith(".index.json")]
-            # diffusers falls back to the plain files of a component that has no `variant` copy
-            if not weights:
-                gaps.append(f"{name}/ weights" + (f" ({variant} or plain)" if variant else ""))
+            # diffusers falls back to the plain files of a component that has no `variant` copy, but
+            # without a variant it never reads variant files
+            names = [f.name for f in sub.iterdir()]
+            if not any(is_plain_file(n) or (variant and is_variant_file(n, variant)) for n in names):
+                held = sorted({v for v in ("fp16", "bf16") for n in names if is_variant_file(n, v)})
+                gaps.append(f"{name}/ weights" + (f" ({variant} or plain)" if variant else " (plain files)")
+                            + (f"; it holds {'/'.join(held)} files: run with model.dtype={held[0]}" if held else ""))
     return gaps
 
 
@@ -227,7 +242,7 @@ class PipelineWeights(Requirement):
     @property
     def fix(self) -> str:
         if self.is_folder:
-            return f"save a pipeline there with `pipe.save_pretrained('{self.source}')`"
+            return f"pipe.save_pretrained('{self.source}')"
         rev = f" --revision {self.revision}" if self.revision else ""
         weights = f"'*/*.{self.variant}.safetensors'" if self.variant else "'*/*.safetensors'"
         return f"hf download {self.source}{rev} --include '*.json' --include '*.txt' --include {weights}"

@@ -1,38 +1,61 @@
-"""Download every model and metric weight an experiment needs into the local caches.
+"""Download exactly what a command will load: its model (the weight variant that runs, e.g. fp16) and
+every configured metric's weights, for each value of a sweep.
 
-    python scripts/prefetch_weights.py experiment=table_a_sdxl        # any Hydra overrides of crdiff.run
-Run it once where the internet is reachable; compute nodes then run with HF_HUB_OFFLINE=1.
-Caches: the Hugging Face hub cache (HF_HOME), torch hub (Inception for FID), CRDIFF_CACHE (tiny models).
+    python scripts/prefetch_weights.py experiment=table_a_sdxl         # any overrides of crdiff.run
+    python scripts/prefetch_weights.py experiment=table_b              # the experiment's sweep: sdxl, sd15, sd21
+    python scripts/prefetch_weights.py model=sd15,sd21 metrics=paper   # a command-line sweep
+Run it once where the internet is reachable; compute nodes then run with HF_HUB_OFFLINE=1. It reads
+the same declarations as the run's preflight check (crdiff.experiment.preflight.requirements), so
+what it fetches is what that check looks for. Caches: the hub cache (HF_HOME / HF_HUB_CACHE), torch
+hub (TORCH_HOME) for Inception and the aesthetic head.
 """
 
+import argparse
 import os
 import sys
-from pathlib import Path
 
-os.environ.pop("HF_HUB_OFFLINE", None)  # this script's job is to download: read before the hub imports
-
-from hydra import compose, initialize_config_dir  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
-
-from crdiff.experiment import schemas  # noqa: E402
-from crdiff.experiment.config import RunConfig  # noqa: E402
-from crdiff.models import resolve  # noqa: E402
-from crdiff.experiment.scoring import build_all  # noqa: E402
+from crdiff.experiment.planner import compose_runs
+from crdiff.experiment.preflight import requirements
 
 
-def main(overrides: list[str]) -> int:
-    schemas.register()
-    with initialize_config_dir(str(Path(__file__).resolve().parents[1] / "conf"), version_base="1.3"):
-        run = RunConfig.from_dict(OmegaConf.to_container(compose("config", overrides=overrides), resolve=True))
-    source = resolve(run.model.name)  # tiny models are built here; hub ids pass through
-    if not Path(source).is_dir():
-        from diffusers import DiffusionPipeline
+def human(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1000
+    return f"{n:.2f} TB"
 
-        DiffusionPipeline.download(source)
-    print(f"model {run.model.name}: {source}")
-    for name in build_all(run.metrics, "cpu"):  # constructing a scorer downloads its weights
-        print(f"metric {name}: ready{' (tiny stand-in)' if run.metrics.tiny else ''}")
-    return 0
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--check", action="store_true", help="only report what is missing; download nothing")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides of python -m crdiff.run")
+    args = parser.parse_args(argv)
+    if os.environ.get("HF_HUB_OFFLINE") and not args.check:
+        print("prefetch: HF_HUB_OFFLINE is set; unset it to download (pieces already cached are kept)",
+              file=sys.stderr)
+    pieces = {}
+    for _, run in compose_runs(args.overrides):
+        for piece in requirements(run):
+            pieces.setdefault((type(piece), piece.where), piece)
+    total, failed = 0, 0
+    for piece in pieces.values():
+        problem = piece.missing()
+        if args.check:
+            print(f"{piece.what}: {'ok' if problem is None else problem}")
+            failed += problem is not None
+            continue
+        try:
+            fetched = piece.fetch()
+        except Exception as err:  # noqa: BLE001 - report every piece, then fail
+            print(f"prefetch: error: {piece.what} ({piece.where}): {err.__class__.__name__}: {err}", file=sys.stderr)
+            failed += 1
+            continue
+        total += fetched
+        print(f"{piece.what}: {piece.where}: fetched {human(fetched)}")
+    if not args.check:
+        print(f"prefetch: {human(total)} fetched for {len(pieces)} pieces ({failed} failed)")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

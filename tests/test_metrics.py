@@ -145,8 +145,9 @@ def test_prefetch_command_runs_for_an_offline_experiment(tmp_path):
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "CRDIFF_CACHE": str(tmp_path), "HF_HOME": str(tmp_path / "hf")}
+    env = {**os.environ, "CRDIFF_CACHE": str(tmp_path), "HF_HOME": str(tmp_path / "hf"), "PYTHONPATH": str(root)}
     done = subprocess.run([sys.executable, "scripts/prefetch_weights.py", "experiment=smoke"], cwd=root, env=env,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "metric clip: ready (tiny stand-in)" in done.stdout and (tmp_path / "tiny").is_dir()
+    # a tiny model and tiny metric stand-ins are built from config: nothing to download
+    assert done.stdout.strip().splitlines()[-1] == "prefetch: 0 B fetched for 0 pieces (0 failed)"

