@@ -22,8 +22,9 @@ _NO_WEIGHTS = ("tokenizer", "scheduler", "feature_extractor", "image_processor",
 
 def hub_cache() -> Path:
     """The Hugging Face hub cache: `$HF_HUB_CACHE`, else `$HF_HOME/hub`, else ~/.cache/huggingface/hub."""
-    if os.environ.get("HF_HUB_CACHE"):
-        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    for name in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):  # the second is the legacy name huggingface_hub reads
+        if os.environ.get(name):
+            return Path(os.environ[name]).expanduser()
     return Path(os.environ.get("HF_HOME", "~/.cache/huggingface")).expanduser() / "hub"
 
 
