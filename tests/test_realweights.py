@@ -129,6 +129,8 @@ def test_model_source_loads_a_local_folder_and_rows_keep_the_label(tmp_path, sav
     table = execute(run)["table"]
     assert set(table["model"]) == {"sd15"} and set(table["source"]) == {str(folder)}
     assert all(Path(f).parts[-3] == "sd15" for f in table["image_dir"])
+    plan = planner.report([([], run)], reachable=False)  # finished images count as done, nothing is missing
+    assert "total: 4 images (0 to generate)" in plan and plan.endswith("missing: nothing")
 
 
 def test_plan_of_every_table_lists_jobs_and_totals_without_loading_weights(monkeypatch, tmp_path):
