@@ -120,7 +120,7 @@ def test_model_source_loads_a_local_folder_and_rows_keep_the_label(tmp_path, sav
     folder = tmp_path / "my-sd15"
     tiny.build("sd15").save_pretrained(folder)
     args = ("model=sd15", "model.dtype=fp32", "prompts.limit=2", "sampler.steps=2", "sampler.batch_size=2",
-            "resolutions.default=[64x64]", "resolutions.sets=[default]", f"output_dir={tmp_path}")
+            "resolutions.default=[64x64]", "resolutions.sets=[default]", "device=cpu", f"output_dir={tmp_path}")
     # an fp16-only folder cannot load in fp32 (diffusers reads no variant files unasked): caught before loading
     (gap,) = preflight.check(compose_run(*args, f"model.source={saved_sd15[0]}"), reachable=False)
     assert "lacks text_encoder/ weights (plain files); it holds fp16 files: run with model.dtype=fp16" in gap.problem
