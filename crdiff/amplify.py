@@ -1,14 +1,19 @@
 """Pruned output amplification (POA), paper §3.2 / docs/method.md §3, with one UNet in memory.
 
 Every UNet call returns `(1 - k) · dense + k · pruned`. The pruned branch is the same UNet whose
-target layers (see `crdiff.pruning`) use `w · mask` computed from the dense weight at call time, one
-layer at a time, so no second copy of the UNet exists. Both hooks are diffusers `ModelHook`s and
-`remove_crdiff` restores the module exactly.
+target layers (see `crdiff.pruning`) use the pruned weight `w · mask` instead of `w`, held one of two
+ways (`weights`): `on_the_fly` computes it from the dense weight at every call, one layer at a time
+(no second copy of anything); `cached` computes it once at apply time and keeps it (the target
+layers' pruned weights only, same dtype and device as the dense ones); `auto` caches when that fits
+the memory budget (see `memory_budget`). The images are the same in every mode. Both hooks are
+diffusers `ModelHook`s and `remove_crdiff` restores the module exactly and frees the cache.
 """
 
 from __future__ import annotations
 
+import logging
 import math
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +27,12 @@ from crdiff.pruning import CRITERIA, MagnitudeIndex, PruningPlan, plan_pruning, 
 
 POA_HOOK = "crdiff_poa"
 PRUNE_HOOK = "crdiff_pruned_weight"
+WEIGHTS = ("on_the_fly", "cached", "auto")
+# weights=auto without a budget: the cache may take the device's free memory minus this share of its
+# total, which stays free for activations (batched POA doubles them), the VAE decode and the metrics.
+RESERVE = 0.25
+
+log = logging.getLogger("crdiff")
 
 
 @dataclass
@@ -31,6 +42,8 @@ class CRDiffConfig:
     `batched=True` (default) evaluates dense and pruned in one UNet call of twice the batch: faster
     for the UNets in docs/benchmarks.md, peak memory still <= 1.10x dense there; `batched=False` runs them
     one after the other (half the activation memory, for very large batches or resolutions).
+    `weights` ('on_the_fly' | 'cached' | 'auto') and `memory_budget_gib` (auto only; None: free
+    device memory minus `RESERVE` of the total) decide how the pruned weights are held; see the module.
     """
 
     ratios: Mapping[str, float] = field(default_factory=lambda: {"down": 0.3, "mid": 0.3, "up": 0.3})
@@ -39,9 +52,12 @@ class CRDiffConfig:
     seed: int = 0
     batched: bool = True
     targets: tuple[str, ...] | None = None  # name suffixes restricting the targets; None: docs/method.md §1, §5
+    weights: str = "auto"
+    memory_budget_gib: float | None = None
 
     def __post_init__(self) -> None:
         self.ratios = validate_ratios(self.ratios)
+        validate_weights(self.weights, self.memory_budget_gib)
         self.targets = None if self.targets is None else tuple(self.targets)
         self.k = validate_k(self.k)
         if self.criterion not in CRITERIA:
@@ -54,6 +70,19 @@ def validate_k(k: Any) -> float:
     return float(k)
 
 
+def validate_weights(weights: Any, memory_budget_gib: Any) -> None:
+    if weights not in WEIGHTS:
+        raise ValueError(f"weights is {weights!r}; valid choices: {list(WEIGHTS)}")
+    if memory_budget_gib is None:
+        return
+    if weights != "auto":  # refuse what would be ignored
+        raise ValueError(f"memory_budget_gib={memory_budget_gib!r} is read only by weights='auto', not {weights!r}; "
+                         "drop one of them")
+    if isinstance(memory_budget_gib, bool) or not isinstance(memory_budget_gib, (int, float)) \
+            or not math.isfinite(memory_budget_gib) or memory_budget_gib < 0:
+        raise ValueError(f"memory_budget_gib is {memory_budget_gib!r}; it must be a finite number of GiB >= 0")
+
+
 class _Branch:
     """Which branch the target layers compute: 'dense', 'pruned', or 'both' (batched halves)."""
 
@@ -63,17 +92,33 @@ class _Branch:
 
 
 class PrunedWeightHook(ModelHook):
-    """On one target Linear/Conv2d: in the pruned branch, run with `w · mask` built on the fly."""
+    """On one target Linear/Conv2d: in the pruned branch, run with `w · mask` (cached or built on the fly)."""
 
     def __init__(self, name: str, plan: PruningPlan, branch: _Branch) -> None:
         super().__init__()
         self.name, self.plan, self.branch = name, plan, branch
+        self.cached: torch.Tensor | None = None
+        self.stamp: tuple | None = None
+
+    def cache(self, weight: torch.Tensor) -> None:
+        """Compute the pruned weight once (a layer the plan leaves whole needs no copy)."""
+        if self.plan.prunes(self.name):
+            with torch.no_grad():
+                self.cached, self.stamp = self.plan.pruned_weight(self.name, weight.detach()), _stamp(weight)
+
+    def pruned_weight(self, module: nn.Module) -> torch.Tensor:
+        if self.cached is None:
+            return self.plan.pruned_weight(self.name, module.weight)
+        if _stamp(module.weight) != self.stamp:  # a stale cache would silently give other images
+            raise RuntimeError(f"the dense weight of {self.name} was moved, cast or changed in place after "
+                               "apply_crdiff with weights='cached'; call remove_crdiff and apply_crdiff again")
+        return self.cached
 
     def new_forward(self, module: nn.Module, x: torch.Tensor, *args, **kwargs):
         mode = self.branch.mode
         if mode == "dense":
             return self.fn_ref.original_forward(x, *args, **kwargs)
-        weight = self.plan.pruned_weight(self.name, module.weight)
+        weight = self.pruned_weight(module)
         if mode == "pruned":
             return self._pruned(module, x, weight)
         split = self.branch.split
@@ -87,12 +132,17 @@ class PrunedWeightHook(ModelHook):
         return module._conv_forward(x, weight, module.bias)
 
 
+def _stamp(weight: torch.Tensor) -> tuple:
+    """Changes when the tensor is moved or cast (new storage) or edited in place (version counter)."""
+    return weight.data_ptr(), weight._version, weight.dtype, weight.device
+
+
 class POAHook(ModelHook):
     """On the UNet: return `dense.lerp(pruned, k)` for the whole (CFG) batch."""
 
-    def __init__(self, config: CRDiffConfig, branch: _Branch) -> None:
+    def __init__(self, config: CRDiffConfig, branch: _Branch, weights: str) -> None:
         super().__init__()
-        self.config, self.branch = config, branch
+        self.config, self.branch, self.weights = config, branch, weights  # weights: the mode in use
 
     def new_forward(self, module: nn.Module, *args, **kwargs):
         forward, k = self.fn_ref.original_forward, self.config.k
@@ -167,15 +217,18 @@ def apply_crdiff(
     index: MagnitudeIndex | None = None,
     activations: Mapping[str, torch.Tensor] | None = None,
     targets: tuple[str, ...] | list[str] | None = None,
+    weights: str | None = None,
+    memory_budget_gib: float | None = None,
 ) -> Any:
     """Turn a pipeline (or UNet) into CR-Diff in place: BWP at `ratios` + POA with factor `k`.
 
     The method's settings come either as keywords (defaults: `CRDiffConfig()`) or as one `config`, never
     both. `index`: precomputed magnitude histograms, for many applications to the same weights;
     `activations`: calibration norms for criterion 'wanda', see `crdiff.calibration`; `targets`: module-name
-    suffixes restricting the pruned layers.
+    suffixes restricting the pruned layers; `weights`: how pruned weights are held (see the module).
     """
-    knobs = {"ratios": ratios, "k": k, "criterion": criterion, "seed": seed, "batched": batched, "targets": targets}
+    knobs = {"ratios": ratios, "k": k, "criterion": criterion, "seed": seed, "batched": batched, "targets": targets,
+             "weights": weights, "memory_budget_gib": memory_budget_gib}
     given = {name: value for name, value in knobs.items() if value is not None}
     if config is not None and given:
         raise ValueError(f"pass the CR-Diff settings either as config=CRDiffConfig(...) or as keywords, not both: "
@@ -184,31 +237,97 @@ def apply_crdiff(
     unet = denoiser_of(pipe)
     if is_crdiff(unet):
         raise ValueError("CR-Diff is already applied; call crdiff.remove_crdiff(pipe) first")
+    offloaded = _offloaded(unet)
+    if offloaded and config.weights == "cached":
+        raise ValueError("weights='cached' cannot follow weights that accelerate offloading moves between devices; "
+                         "use weights='on_the_fly' (or 'auto')")
     plan = plan_pruning(unet, config.ratios, config.criterion, config.seed, index, activations, config.targets)
     branch = _Branch()
     modules = dict(unet.named_modules())
-    for name in plan.names():
-        HookRegistry.check_if_exists_or_initialize(modules[name]).register_hook(
-            PrunedWeightHook(name, plan, branch), PRUNE_HOOK
-        )
-    HookRegistry.check_if_exists_or_initialize(unet).register_hook(POAHook(config, branch), POA_HOOK)
+    hooks = {name: PrunedWeightHook(name, plan, branch) for name in plan.names()}
+    used = choose_weights(config, [modules[n].weight for n in plan.names() if plan.prunes(n)], offloaded)
+    for name, hook in hooks.items():
+        if used == "cached":
+            hook.cache(modules[name].weight)
+        HookRegistry.check_if_exists_or_initialize(modules[name]).register_hook(hook, PRUNE_HOOK)
+    HookRegistry.check_if_exists_or_initialize(unet).register_hook(POAHook(config, branch, used), POA_HOOK)
     return pipe
 
 
+def choose_weights(config: CRDiffConfig, pruned: list[torch.Tensor], offloaded: bool = False) -> str:
+    """The mode `config.weights` resolves to, given the dense weights whose pruned copies a cache holds
+    (`offloaded`: accelerate moves the weights between devices, so a cache would go stale every call)."""
+    if offloaded and config.weights == "auto":
+        log.info("crdiff: pruned weights auto -> on_the_fly (the model is offloaded)")
+        return "on_the_fly"
+    if config.weights != "auto":
+        log.info("crdiff: pruned weights %s", config.weights)
+        return config.weights
+    need = sum(w.numel() * w.element_size() for w in pruned)
+    device = pruned[0].device if pruned else torch.device("cpu")
+    budget = memory_budget(device) if config.memory_budget_gib is None else config.memory_budget_gib * 2**30
+    used = "cached" if budget is not None and need <= budget else "on_the_fly"
+    log.info("crdiff: pruned weights auto -> %s (cache %.3f GiB, budget %s on %s)", used, need / 2**30,
+             "unknown" if budget is None else f"{budget / 2**30:.3f} GiB", device)
+    return used
+
+
+def _offloaded(model: nn.Module) -> bool:
+    return any(hasattr(m, "_hf_hook") for m in model.modules())  # accelerate's offloading / device-map hooks
+
+
+def memory_budget(device: torch.device) -> int | None:
+    """Bytes `auto` lets the cache take: free memory of `device` minus `RESERVE` of its total (None:
+    no way to ask this device type). CPU: MemAvailable of /proc/meminfo, blind to cgroup limits."""
+    if device.type == "cuda":
+        free, total = torch.cuda.mem_get_info(device)
+    elif device.type == "cpu":
+        free, total = _host_memory()
+    else:
+        return None
+    return max(0, int(free - RESERVE * total))
+
+
+def _host_memory() -> tuple[int, int]:
+    try:
+        info = dict(line.split(":", 1) for line in open("/proc/meminfo"))
+        return int(info["MemAvailable"].split()[0]) * 1024, int(info["MemTotal"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        page = os.sysconf("SC_PAGE_SIZE")
+        return os.sysconf("SC_AVPHYS_PAGES") * page, os.sysconf("SC_PHYS_PAGES") * page
+
+
 def is_crdiff(pipe: Any) -> bool:
+    return _poa_hook(pipe) is not None
+
+
+def _poa_hook(pipe: Any) -> POAHook | None:
     registry = getattr(denoiser_of(pipe), "_diffusers_hook", None)
-    return registry is not None and registry.get_hook(POA_HOOK) is not None
+    return None if registry is None else registry.get_hook(POA_HOOK)
 
 
 def crdiff_config(pipe: Any) -> CRDiffConfig:
-    """The live config of an applied CR-Diff (its `k` may be changed in place between calls)."""
+    """The live config of an applied CR-Diff (its `k` may be changed in place between calls; the
+    cached pruned weights do not depend on k)."""
     if not is_crdiff(pipe):
         raise ValueError("CR-Diff is not applied to this pipeline")
-    return denoiser_of(pipe)._diffusers_hook.get_hook(POA_HOOK).config
+    return _poa_hook(pipe).config
+
+
+def weights_used(pipe: Any) -> str | None:
+    """How the applied CR-Diff holds its pruned weights ('cached' or 'on_the_fly'; None: not applied)."""
+    hook = _poa_hook(pipe)
+    return None if hook is None else hook.weights
 
 
 def remove_crdiff(pipe: Any) -> Any:
-    """Undo `apply_crdiff`: every hook and attribute it added is gone; weights were never changed."""
+    """Undo `apply_crdiff`: every hook and attribute it added is gone, the cache is freed at once
+    (hooks sit in reference cycles, so it is released explicitly); weights were never changed."""
+    for module in denoiser_of(pipe).modules():
+        registry = getattr(module, "_diffusers_hook", None)
+        hook = None if registry is None else registry.get_hook(PRUNE_HOOK)
+        if hook is not None:
+            hook.cached = None
     drop_hooks(denoiser_of(pipe), (POA_HOOK, PRUNE_HOOK))
     return pipe
 

@@ -142,6 +142,10 @@ class PruningPlan:
     def names(self) -> list[str]:
         return [name for names in self.groups.values() for name in names]
 
+    def prunes(self, name: str) -> bool:
+        """Whether module `name` has a pruned weight that differs from its dense one (ratio > 0)."""
+        return name in self.thresholds or name in self.packed
+
     def keep(self, name: str, weight: torch.Tensor) -> torch.Tensor | None:
         """Boolean keep-mask for module `name` (None: nothing pruned)."""
         if name in self.thresholds:

@@ -33,7 +33,7 @@ def test_every_field_is_in_the_key_or_excluded():
                 name = f"{type(value).__name__}.{g.name}"
                 assert (g.name in key[f.name]) != (name in EXCLUDED), name
     crd = semantic({"anywhere": [CRDiffConfig()]})["anywhere"][0]
-    assert set(crd) == {f.name for f in fields(CRDiffConfig)} - {"batched"}
+    assert set(crd) == {f.name for f in fields(CRDiffConfig)} - {"batched", "weights", "memory_budget_gib"}
 
 
 def test_every_exclusion_names_a_real_field():
@@ -52,4 +52,6 @@ def test_a_semantic_change_changes_the_key(change):
 
 def test_speed_only_and_order_do_not():
     assert run_key(settings=CRDiffConfig(batched=True)) == run_key(settings=CRDiffConfig(batched=False))
+    assert run_key(settings=CRDiffConfig(weights="cached")) == run_key(
+        settings=CRDiffConfig(weights="auto", memory_budget_gib=0.0))
     assert run_key(a=1, b={"x": 1, "y": 2}) == run_key(b={"y": 2, "x": 1}, a=1)

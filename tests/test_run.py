@@ -92,6 +92,7 @@ def test_smoke_end_to_end_then_rerun_does_nothing(smoke):
     assert list(table.method) == ["dense"] * 3 + ["crdiff"] * 3
     assert list(table.resolution) == ["64x64", "40x72", "96x96"] * 2
     assert list(table.setting) == ["default", "unseen", "unseen"] * 2
+    assert list(table.weights.fillna("-")) == ["-"] * 3 + ["cached"] * 3  # amplify.weights=auto: a tiny model fits
     assert (table.n_images == 4).all() and len(list((out / "grids").glob("*_*_*.png"))) == 6 + 3
     sheet = Image.open(out / "grids" / "methods_dense_crdiff_40x72.png")
     assert sheet.size == (4 * 72, 2 * 40)  # dense row above the CR-Diff row
@@ -100,6 +101,7 @@ def test_smoke_end_to_end_then_rerun_does_nothing(smoke):
         assert len(pngs) == 4 and Image.open(pngs[0]).size == (row.width, row.height)
     rerun = execute(compose_run("experiment=smoke", f"output_dir={out}"))
     assert rerun["generated"] == 0 and rerun["skipped"] == 24
+    assert list(rerun["table"].weights.fillna("-")) == ["-"] * 3 + ["cached"] * 3  # kept from the generating run
 
 
 def test_dense_and_crdiff_share_noise_but_differ(smoke):

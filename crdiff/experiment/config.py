@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from crdiff.amplify import CRDiffConfig, validate_k
+from crdiff.amplify import CRDiffConfig, validate_k, validate_weights
 from crdiff.models import DTYPES, Resolution, load_pipeline, locate
 from crdiff.pruning import CRITERIA, GROUPS, validate_ratios
 
@@ -91,9 +91,12 @@ class PruningConfig:
 class AmplifyConfig:
     k: float = 1.5
     batched: bool = True  # speed only: not part of the run key
+    weights: str = "auto"  # on_the_fly | cached | auto: how pruned weights are held (speed/memory only)
+    memory_budget_gib: float | None = None  # weights=auto: GiB the cache may take; null: free memory - 25%
 
     def __post_init__(self) -> None:
         self.k = validate_k(self.k)
+        validate_weights(self.weights, self.memory_budget_gib)
 
 
 @dataclass

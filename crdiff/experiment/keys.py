@@ -22,6 +22,7 @@ EXCLUDED = frozenset({
     "RunConfig.wandb", "RunConfig.lease_min",
     "SamplerConfig.batch_size",
     "AmplifyConfig.batched", "CRDiffConfig.batched",
+    "AmplifyConfig.weights", "CRDiffConfig.weights", "AmplifyConfig.memory_budget_gib", "CRDiffConfig.memory_budget_gib",
     "MetricsConfig.batch_size",
     "RatioSearchConfig.preset_root", "RatioSearchConfig.preset_name", "RatioSearchConfig.compare",
     "PruningConfig.model_kind",  # a guard: it refuses a model, never changes an image

@@ -33,19 +33,19 @@ ENTROPY_HOOK = "crdiff_entropy_scaling"
 def pruning_settings(run, name: str) -> CRDiffConfig | None:
     """The CR-Diff settings behind a pruning-based method (None for the others)."""
     p, a = run.pruning, run.amplify
-    t = p.targets
+    t, hold = p.targets, {"weights": a.weights, "memory_budget_gib": a.memory_budget_gib}
     if name == "crdiff":
-        return CRDiffConfig(p.ratios, a.k, p.criterion, p.seed, a.batched, t)
+        return CRDiffConfig(p.ratios, a.k, p.criterion, p.seed, a.batched, t, **hold)
     if name == "bwp":
-        return CRDiffConfig(p.ratios, 1.0, p.criterion, p.seed, a.batched, t)
+        return CRDiffConfig(p.ratios, 1.0, p.criterion, p.seed, a.batched, t, **hold)
     if name == "uniform":
         ratio = run.baselines.uniform_ratio
         ratio = sum(p.ratios.values()) / len(GROUPS) if ratio is None else ratio
-        return CRDiffConfig({g: ratio for g in GROUPS}, a.k, p.criterion, p.seed, a.batched, t)
+        return CRDiffConfig({g: ratio for g in GROUPS}, a.k, p.criterion, p.seed, a.batched, t, **hold)
     if name == "random_mask":
-        return CRDiffConfig(p.ratios, a.k, "random", p.seed, a.batched, t)
+        return CRDiffConfig(p.ratios, a.k, "random", p.seed, a.batched, t, **hold)
     if name == "wanda":
-        return CRDiffConfig(p.ratios, a.k, "wanda", p.seed, a.batched, t)
+        return CRDiffConfig(p.ratios, a.k, "wanda", p.seed, a.batched, t, **hold)
     return None
 
 

@@ -49,7 +49,8 @@ class Objective:
             p = self.run.pruning
             apply_crdiff(self.pipe, {g: point[g] for g in GROUPS}, k=point.get("k", self.run.amplify.k),
                          criterion=p.criterion, seed=p.seed, batched=self.run.amplify.batched, index=self.index,
-                         targets=p.targets)
+                         targets=p.targets, weights=self.run.amplify.weights,
+                         memory_budget_gib=self.run.amplify.memory_budget_gib)
         return draw(self.pipe, self.prompts, self.indices, resolution, self.run.sampler)
 
     def evaluate(self, point: dict[str, float] | None) -> tuple[float, dict[Resolution, list]]:

@@ -13,7 +13,7 @@ import logging
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,7 @@ class Plan:
     prompts: PromptSet
     jobs: list[Job]
     output_dir: Path
+    weights: dict[str, str | None] = field(default_factory=dict)  # job key -> pruned weights this rank held
 
 
 def plan(run: RunConfig) -> Plan:
@@ -159,6 +160,8 @@ class _Maker:
         return True
 
     def pipeline(self, job: Job):
+        from crdiff.amplify import weights_used
+
         if self.pipe is None:
             from crdiff.experiment.sampling import set_scheduler
 
@@ -167,6 +170,7 @@ class _Maker:
         if job is not self.job:
             methods.remove(self.pipe)
             methods.apply(self.pipe, self.p.run, job.method, job.resolution)
+            self.p.weights[job.key] = weights_used(self.pipe)
             self.job = job
         return self.pipe
 
@@ -177,9 +181,13 @@ class _Maker:
         return self.made
 
 
-def existing_metrics(p: Plan, job: Job) -> dict[str, float]:
+def existing_row(p: Plan, job: Job) -> dict[str, Any]:
     path = p.output_dir / "results" / f"{job.key}.json"
-    return json.loads(path.read_text()).get("metrics", {}) if path.exists() else {}
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def existing_metrics(p: Plan, job: Job) -> dict[str, float]:
+    return existing_row(p, job).get("metrics", {})
 
 
 def score_all(p: Plan, ranks: distributed.Ranks, device: str) -> dict[str, dict[str, float]]:
@@ -212,6 +220,8 @@ def row(p: Plan, job: Job, prov: dict[str, Any], scores: dict[str, float]) -> di
         "steps": p.run.sampler.steps, "guidance": p.run.sampler.guidance, "seed": p.run.sampler.seed,
         "scheduler": p.run.sampler.scheduler, "image_dir": str(job.folder),
         "preprocessing": p.run.metrics.preprocessing, "provenance": prov, "metrics": scores,
+        # how rank 0 held the pruned weights (amplify.weights resolved); kept from the last run that generated
+        "weights": p.weights[job.key] if job.key in p.weights else existing_row(p, job).get("weights"),
     }
 
 
