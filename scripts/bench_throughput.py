@@ -101,41 +101,72 @@ class InceptionFeatures(torch.nn.Module):
         return self.net(2 * x - 1).double()
 
 
-def real_metrics(device: str) -> dict:
-    """Every paper metric on its scorer's real architecture and input size, random weights."""
-    import open_clip
-    from aesthetic_predictor_v2_5.siglip_v2_5 import AestheticPredictorV2_5Model, AestheticPredictorV2_5Processor
-    from transformers import (BertTokenizer, CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer,
-                              SiglipVisionConfig)
+def real_metrics(device: str, names=PAPER_METRICS) -> dict:
+    """The metrics `names` on their scorers' real architectures and input sizes, random weights."""
+    return {name: globals()[f"_{name}"](device) for name in names}
 
-    from crdiff.metrics import clip, fid
-    from crdiff.metrics.image_reward import ImageReward, ImageRewardModel, configs
-    from crdiff.tiny import clip_tokenizer_files
+
+def _clip(device: str):
+    import open_clip
+
+    from crdiff.metrics.clip import CLIPScore
 
     model, _, preprocess = open_clip.create_model_and_transforms("ViT-L-14-quickgelu", pretrained=None)
-    out = {"clip": clip.CLIPScore(model, preprocess, open_clip.get_tokenizer("ViT-L-14-quickgelu"), device=device)}
-    pick = CLIPModel(CLIPConfig(projection_dim=1024, text_config={**OPENCLIP_H, "num_hidden_layers": 24},
-                                vision_config={"hidden_size": 1280, "intermediate_size": 5120, "num_hidden_layers": 32,
-                                               "num_attention_heads": 16, "image_size": 224, "patch_size": 14}))
+    return CLIPScore(model, preprocess, open_clip.get_tokenizer("ViT-L-14-quickgelu"), device=device)
+
+
+def _pickscore(device: str):
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
+
+    from crdiff.metrics.clip import PickScore
+    from crdiff.tiny import clip_tokenizer_files
+
+    model = CLIPModel(CLIPConfig(projection_dim=1024, text_config={**OPENCLIP_H, "num_hidden_layers": 24},
+                                 vision_config={"hidden_size": 1280, "intermediate_size": 5120, "num_hidden_layers": 32,
+                                                "num_attention_heads": 16, "image_size": 224, "patch_size": 14}))
     with tempfile.TemporaryDirectory() as tmp:
         clip_tokenizer_files(Path(tmp))
         tokens = CLIPTokenizer.from_pretrained(tmp, model_max_length=77)
+    return PickScore(model, CLIPProcessor(image_processor=CLIPImageProcessor(), tokenizer=tokens), device=device)
+
+
+def _image_reward(device: str):
+    from transformers import BertTokenizer
+
+    from crdiff.metrics.image_reward import ImageReward, ImageRewardModel, configs
+
+    med = {"vocab_size": 30524, "hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
+           "num_attention_heads": 12, "max_position_embeddings": 512, "layer_norm_eps": 1e-12, "hidden_act": "gelu"}
+    with tempfile.TemporaryDirectory() as tmp:
         words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *"abcdefghijklmnopqrstuvwxyz"]
         (Path(tmp) / "vocab.txt").write_text("\n".join(words) + "\n")
         bert = BertTokenizer.from_pretrained(tmp)  # prompts are padded to 35 tokens: the vocabulary costs nothing
-    out["pickscore"] = clip.PickScore(pick, CLIPProcessor(image_processor=CLIPImageProcessor(), tokenizer=tokens),
-                                      device=device)
-    med = {"vocab_size": 30524, "hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
-           "num_attention_heads": 12, "max_position_embeddings": 512, "layer_norm_eps": 1e-12, "hidden_act": "gelu"}
-    out["image_reward"] = ImageReward(ImageRewardModel(*configs(med)), bert, device=device)
+    return ImageReward(ImageRewardModel(*configs(med)), bert, device=device)
+
+
+def _aesthetic(device: str):
+    from aesthetic_predictor_v2_5.siglip_v2_5 import AestheticPredictorV2_5Model, AestheticPredictorV2_5Processor
+    from transformers import SiglipVisionConfig
+
+    from crdiff.metrics.clip import Aesthetic
+
     siglip = SiglipVisionConfig(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27, num_attention_heads=16,
                                 image_size=384, patch_size=14)
-    out["aesthetic"] = clip.Aesthetic(AestheticPredictorV2_5Model(siglip),
-                                      AestheticPredictorV2_5Processor(size={"height": 384, "width": 384}),
-                                      device=device)
-    out["fid"] = fid.FID(feature=InceptionFeatures(), feature_name="inception-random", device=device)
-    out["kid"] = fid.KID(feature=InceptionFeatures(), feature_name="inception-random", device=device, subset_size=50)
-    return out
+    return Aesthetic(AestheticPredictorV2_5Model(siglip), AestheticPredictorV2_5Processor(size={"height": 384,
+                                                                                               "width": 384}),
+                     device=device)
+
+
+def _fid(device: str):
+    from crdiff.metrics.fid import FID
+
+    return FID(feature=InceptionFeatures(), feature_name="inception-random", device=device)
+
+
+def _kid(device: str):
+    from crdiff.metrics.fid import KID
+
+    return KID(feature=InceptionFeatures(), feature_name="inception-random", device=device, subset_size=50)
 
 
 def device_name(device: str) -> str:
