@@ -113,7 +113,7 @@ def write_preset(run: RunConfig, state: SearchState, resolutions: list[Resolutio
     atomic.write_bytes(path, ("\n".join(lines) + "\n").encode())
     if "k" in state.best:  # prompt-specific refinement searched k too
         atomic.write_bytes(root / "amplify" / f"{name}.yaml",
-                           f"# k searched with {path.name}\nk: {round(state.best['k'], 4)}\nbatched: true\n".encode())
+                           f"# k searched with {path.name}\ndefaults: [schema, _self_]\nk: {round(state.best['k'], 4)}\n".encode())
     return path
 
 

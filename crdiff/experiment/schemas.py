@@ -4,9 +4,10 @@ from the code's defaults and Hydra refuses a key the dataclass does not have."""
 
 from __future__ import annotations
 
-from crdiff.experiment.config import MetricsConfig, PruningConfig, ResolutionsConfig
+from crdiff.experiment.config import AmplifyConfig, MetricsConfig, ModelConfig, PruningConfig, ResolutionsConfig
 
-SCHEMAS = {"pruning": PruningConfig, "metrics": MetricsConfig, "resolutions": ResolutionsConfig}
+SCHEMAS = {"model": ModelConfig, "pruning": PruningConfig, "amplify": AmplifyConfig, "metrics": MetricsConfig,
+           "resolutions": ResolutionsConfig}
 
 
 def register() -> None:
