@@ -228,8 +228,12 @@ class BaselinesConfig:
 
     freeu: list[float] | None = None  # [s1, s2, b1, b2]; None: the published values for the model
     uniform_ratio: float | None = None  # None: the mean of pruning.ratios
+    # native_resize draws at: `bucket` the trained size closest in aspect (SDXL's published buckets, else the
+    # training area); `train` the training resolution for every target (crop for other aspects)
+    native_size: str = "bucket"
 
     def __post_init__(self) -> None:
+        _choice("baselines.native_size", self.native_size, ("bucket", "train"))
         if self.freeu is not None and len(self.freeu) != 4:
             raise ValueError(f"baselines.freeu is {self.freeu}; it needs [s1, s2, b1, b2]")
         if self.uniform_ratio is not None:

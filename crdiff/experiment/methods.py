@@ -8,6 +8,8 @@ random_mask  POA with a random mask of the same per-group sparsity (a "generic b
 wanda        POA with activation-aware pruning (|w|·||x||, Wanda) at the same ratios
 freeu        FreeU (diffusers' built-in), per-model values of `baselines.freeu`
 entropy      attention-entropy scaling (Jin et al. 2023) on self-attention only
+native_resize  the dense pipeline at its training size (or nearest trained aspect bucket), then a centred
+             crop + Lanczos resize to the target (crdiff.native); refuses a pipeline another method changed
 """
 
 from __future__ import annotations
@@ -18,16 +20,20 @@ from typing import Any
 import torch
 from diffusers.hooks import HookRegistry, ModelHook
 
+from crdiff import native
 from crdiff.amplify import CRDiffConfig, apply_crdiff, denoiser_of, drop_hooks, remove_crdiff
-from crdiff.models import Resolution
+from crdiff.models import MODELS, Resolution
 from crdiff.pruning import GROUPS
 
-METHODS = ("dense", "crdiff", "bwp", "uniform", "random_mask", "wanda", "freeu", "entropy")
+METHODS = ("dense", "crdiff", "bwp", "uniform", "random_mask", "wanda", "freeu", "entropy", "native_resize")
 # FreeU's published values (s1, s2, b1, b2); SD1.5 as in diffusers' docs, SD2.1 / SDXL from the FreeU authors.
 # The miniature (digits) is an SD1.5-class UNet: it takes SD1.5's values (not tuned for it).
 FREEU = {"sd15": (0.9, 0.2, 1.5, 1.6), "sd21": (0.9, 0.2, 1.4, 1.6), "sdxl": (0.9, 0.2, 1.3, 1.4),
          "digits": (0.9, 0.2, 1.5, 1.6)}
 ENTROPY_HOOK = "crdiff_entropy_scaling"
+# native_resize: the real SD models were trained on crops with sides multiples of 64; the miniature and the
+# tiny stand-ins take their own side multiple (8: the VAE factor crdiff requires; 16 for DiTs).
+NATIVE_MULTIPLE = 64
 
 
 def pruning_settings(run, name: str) -> CRDiffConfig | None:
@@ -67,12 +73,29 @@ def settings(run, name: str) -> dict[str, Any]:
         return {"freeu": list(freeu_values(run))}
     if name == "entropy":
         return {"train_resolution": str(train_resolution(run))}
+    if name == "native_resize":  # the bucket rule's inputs and the resize rule: changing either re-keys
+        return {"native": native_rule(run), "fit": native.FIT}
     return {}
 
 
-def train_resolution(run) -> Resolution:
-    from crdiff.models import MODELS
+def native_rule(run) -> native.NativeRule:
+    """Where native_resize draws for this model (`baselines.native_size`, docs/native_resize.md)."""
+    train = train_resolution(run)
+    if run.baselines.native_size == "train":
+        return native.NativeRule(train, (train,))
+    if run.model.name == "sdxl":
+        return native.NativeRule(train, native.SDXL_BUCKETS)
+    spec = MODELS.get(run.model.name)
+    real = spec is None or not spec.source.startswith(("tiny:", "bundled:"))
+    return native.NativeRule(train, native.area_buckets(train, NATIVE_MULTIPLE if real else spec.multiple))
 
+
+def drawing_rule(run, name: str) -> native.NativeRule | None:
+    """The bucket rule of a method that draws at another size than the target (None: draws at the target)."""
+    return native_rule(run) if name == "native_resize" else None
+
+
+def train_resolution(run) -> Resolution:
     if run.model.name in MODELS:
         return MODELS[run.model.name].resolution
     return Resolution.parse(run.resolutions.default[0])
@@ -114,6 +137,8 @@ def apply(pipe, run, name: str, resolution: Resolution) -> None:
     elif name == "entropy":
         train = train_resolution(run)
         apply_entropy_scaling(pipe.unet, train.height * train.width / (resolution.height * resolution.width))
+    elif name == "native_resize":  # nothing to change: it only refuses a pipeline some method changed
+        native.check_unchanged(pipe)
 
 
 def remove(pipe) -> None:

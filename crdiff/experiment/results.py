@@ -13,6 +13,15 @@ from typing import Any
 from crdiff import atomic
 
 
+def device_name(device) -> str:
+    """The accelerator's name for a CUDA device (e.g. 'NVIDIA H100 80GB HBM3'), else the CPU's."""
+    import torch
+
+    if str(device).startswith("cuda") and torch.cuda.is_available():
+        return torch.cuda.get_device_name(torch.device(device))
+    return platform.processor() or platform.machine()
+
+
 def provenance(device: str = "cpu", machine=None) -> dict[str, Any]:
     """Where and with what a result was made: git SHA, versions, torch's CUDA build, device, the GPUs
     and their driver (`machine`: a `hardware.Probe`, probed if None), host, time."""
@@ -29,7 +38,7 @@ def provenance(device: str = "cpu", machine=None) -> dict[str, Any]:
                              cwd=Path(__file__).parent).stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         sha = None
-    name = torch.cuda.get_device_name() if str(device).startswith("cuda") and torch.cuda.is_available() else platform.processor() or platform.machine()
+    name = device_name(device)
     return {
         "git_sha": sha, "torch": torch.__version__, "diffusers": diffusers.__version__,
         "transformers": transformers.__version__, "device": str(device), "device_name": name,

@@ -153,7 +153,8 @@ class _Maker:
             if mine:
                 with claims.renewing():
                     self.made += generate(self.pipeline(job), self.p.prompts, mine, job.resolution, self.p.run.sampler,
-                                          job.folder, self.bar.update)
+                                          job.folder, self.bar.update,
+                                          methods.drawing_rule(self.p.run, job.method))
         finally:
             for i in got:
                 claims.release(i)
@@ -208,7 +209,9 @@ def score_all(p: Plan, ranks: distributed.Ranks, device: str) -> dict[str, dict[
 
 
 def row(p: Plan, job: Job, prov: dict[str, Any], scores: dict[str, float]) -> dict[str, Any]:
-    crd = p.run.method(job.method)
+    from crdiff.experiment.sampling import cost
+
+    crd, rule = p.run.method(job.method), methods.drawing_rule(p.run, job.method)
     return {
         "experiment": p.run.experiment, "model": p.run.model.name, "dtype": p.run.model.dtype,
         "source": p.run.model.weights().where,  # the weights behind the label: hub id[@revision] (variant) or folder
@@ -219,6 +222,9 @@ def row(p: Plan, job: Job, prov: dict[str, Any], scores: dict[str, float]) -> di
         **{f"ratio_{g}": None if crd is None else crd.ratios[g] for g in GROUPS},
         "steps": p.run.sampler.steps, "guidance": p.run.sampler.guidance, "seed": p.run.sampler.seed,
         "scheduler": p.run.sampler.scheduler, "image_dir": str(job.folder),
+        # cost: denoiser passes and wall seconds per image as measured when the images were made
+        "drawn_at": str(rule.size(job.resolution) if rule else job.resolution),
+        **cost(job.folder, list(range(len(p.prompts)))),
         "preprocessing": p.run.metrics.preprocessing, "provenance": prov, "metrics": scores,
         # how rank 0 held the pruned weights (amplify.weights resolved); kept from the last run that generated
         "weights": p.weights[job.key] if job.key in p.weights else existing_row(p, job).get("weights"),
@@ -327,7 +333,8 @@ def cli() -> None:
         print(f"crdiff: generated {summary['generated']} images, skipped {summary['skipped']} "
               f"(output_dir={summary['output_dir']})")
         if len(summary["table"]):
-            cols = ["method", "setting", "resolution", "n_images", "k", *run.metrics.names, "key"]
+            cols = ["method", "setting", "resolution", "n_images", "k", *run.metrics.names, "denoiser_calls",
+                    "seconds_per_image", "key"]
             print(summary["table"][cols].to_string(index=False))
 
     main()

@@ -4,6 +4,10 @@ Image i of a prompt set is drawn from `torch.Generator("cpu").manual_seed(seed +
 on neither batch size, rank count, device nor method, so dense and CR-Diff start from the same noise.
 (The batch size still changes float rounding in batched matmuls: about 1e-6, one uint8 level on
 <0.1% of pixels in tests/test_run.py; rank count changes nothing.)
+
+Each image's metadata also records its cost: denoiser passes per image, counted while it was drawn,
+and wall seconds per image (its batch's time / batch size) with the device. Cost is measured, never
+keyed: an image skipped on a rerun keeps the cost measured when it was made.
 """
 
 from __future__ import annotations
@@ -11,14 +15,19 @@ from __future__ import annotations
 import io
 import json
 import logging
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from PIL import Image
 
+from crdiff.amplify import denoiser_of
 from crdiff.experiment.config import SamplerConfig
+from crdiff.experiment.results import device_name
 from crdiff.models import Resolution
+from crdiff.native import NativeRule, native_resize
 from crdiff.experiment.prompts import PromptSet
 from crdiff import atomic
 
@@ -55,7 +64,8 @@ def is_done(folder: Path, prompts: PromptSet, index: int, seed: int) -> bool:
     if not (image.exists() and meta.exists()):
         return False
     try:
-        if json.loads(meta.read_text()) != image_meta(prompts, index, seed):
+        want = image_meta(prompts, index, seed)
+        if {k: v for k, v in json.loads(meta.read_text()).items() if k != "cost"} != want:
             log.warning("%s: metadata does not match this run; regenerating", meta)
             return False
         with Image.open(image) as im:
@@ -66,35 +76,88 @@ def is_done(folder: Path, prompts: PromptSet, index: int, seed: int) -> bool:
         return False
 
 
-def draw(pipe, prompts: PromptSet, indices: list[int], resolution: Resolution, sampler: SamplerConfig) -> list:
-    """The images `indices` of `prompts` (PIL), in batches of `sampler.batch_size`, seeds `seed + i`."""
+# The denoiser's input layer: every pass goes through it exactly once, with one row per sample, also
+# inside CR-Diff's POA hook (which calls the denoiser's forward, not the module, for its pruned branch).
+INPUT_LAYERS = ("conv_in", "pos_embed", "x_embedder")  # UNet, SD3, FLUX
+
+
+@contextmanager
+def denoiser_passes(pipe) -> Iterator[list[int]]:
+    """Count the samples the denoiser evaluates while inside (`[n]`): each CFG half and each POA branch
+    of an image counts once, so batch size and `amplify.batched` do not change the count."""
+    denoiser = denoiser_of(pipe)
+    layer = next((getattr(denoiser, name) for name in INPUT_LAYERS if hasattr(denoiser, name)), None)
+    if layer is None:
+        raise ValueError(f"cannot count passes of {type(denoiser).__name__}: it has none of {INPUT_LAYERS}")
+    count = [0]
+
+    def add(module, args) -> None:
+        count[0] += args[0].shape[0]
+
+    handle = layer.register_forward_pre_hook(add)
+    try:
+        yield count
+    finally:
+        handle.remove()
+
+
+def draw(pipe, prompts: PromptSet, indices: list[int], resolution: Resolution, sampler: SamplerConfig,
+         native: NativeRule | None = None) -> list:
+    """The images `indices` of `prompts` (PIL), in batches of `sampler.batch_size`, seeds `seed + i`;
+    with a `native` rule, drawn at its bucket and resized to `resolution` (crdiff.native)."""
     images = []
     for start in range(0, len(indices), sampler.batch_size):
         batch = indices[start : start + sampler.batch_size]
-        images += pipe(
+        call = dict(
             prompt=[prompts.prompts[i] for i in batch],
             negative_prompt=[sampler.negative_prompt] * len(batch),
-            height=resolution.height, width=resolution.width,
             num_inference_steps=sampler.steps, guidance_scale=sampler.guidance,
             generator=[torch.Generator("cpu").manual_seed(sampler.seed + i) for i in batch],
-        ).images
+        )
+        if native is None:
+            images += pipe(height=resolution.height, width=resolution.width, **call).images
+        else:
+            images += native_resize(pipe, resolution, native, **call)
     return images
 
 
 def generate(
     pipe, prompts: PromptSet, indices: list[int], resolution: Resolution, sampler: SamplerConfig, folder: Path,
-    progress: Callable[[int], None] = lambda n: None,
+    progress: Callable[[int], None] = lambda n: None, native: NativeRule | None = None,
 ) -> int:
     """Make and store the images `indices` (the caller has skipped the done ones); returns how many."""
+    device = device_name(pipe.device)
     for start in range(0, len(indices), sampler.batch_size):
         batch = indices[start : start + sampler.batch_size]
-        for i, image in zip(batch, draw(pipe, prompts, batch, resolution, sampler)):
+        began = time.perf_counter()
+        with denoiser_passes(pipe) as passes:
+            images = draw(pipe, prompts, batch, resolution, sampler, native)
+        seconds = (time.perf_counter() - began) / len(batch)
+        cost = {"denoiser_calls": passes[0] / len(batch), "seconds": seconds, "device": device}
+        for i, image in zip(batch, images):
             buffer = io.BytesIO()
             image.save(buffer, format="PNG")
             atomic.write_bytes(image_path(folder, i), buffer.getvalue())
-            atomic.write_json(meta_path(folder, i), image_meta(prompts, i, sampler.seed))  # written last: "done"
+            # written last: "done"
+            atomic.write_json(meta_path(folder, i), {**image_meta(prompts, i, sampler.seed), "cost": cost})
         progress(len(batch))
     return len(indices)
+
+
+def cost(folder: Path, indices: list[int]) -> dict:
+    """Mean denoiser passes and seconds per image over the images `indices` that recorded them, and
+    the device(s) that measured the seconds (None where no image recorded a cost)."""
+    costs = []
+    for i in indices:
+        path = meta_path(folder, i)
+        if path.exists():
+            costs.append(json.loads(path.read_text()).get("cost"))
+    costs = [c for c in costs if c]
+    if not costs:
+        return {"denoiser_calls": None, "seconds_per_image": None, "seconds_device": None}
+    return {"denoiser_calls": sum(c["denoiser_calls"] for c in costs) / len(costs),
+            "seconds_per_image": sum(c["seconds"] for c in costs) / len(costs),
+            "seconds_device": " + ".join(sorted({c["device"] for c in costs}))}
 
 
 def sheet(rows: list[list[Image.Image]]) -> Image.Image:
