@@ -17,6 +17,9 @@ METRICS = {
     # the miniature's analogues (crdiff.metrics.digits)
     "digit_fid": ("digit-FID↓", False), "digit_accuracy": ("digit-acc↑", True),
 }
+# cost per image (crdiff.experiment.sampling.cost), shown after the metrics and never marked better
+# or worse: denoiser passes counted while drawing, wall seconds measured on the device the rows name
+COST = {"denoiser_calls": ("calls/img", "{:.0f}"), "seconds_per_image": ("s/img", "{:.3f}")}
 MODEL_ORDER = ["sdxl", "sd15", "sd21"]
 PAPER_CSV = Path(__file__).resolve().parents[2] / "results" / "paper" / "tables_paper.csv"
 
@@ -34,7 +37,7 @@ LABELS = {"dense": "dense", "crdiff": "CR-Diff"}
 
 def long_form(rows: pd.DataFrame, methods: tuple[str, ...] = PAPER_METHODS) -> pd.DataFrame:
     """One line per (model, setting, resolution, method, metric, value) from result rows."""
-    metrics = [m for m in METRICS if m in rows.columns]
+    metrics = [m for m in (*METRICS, *COST) if m in rows.columns]
     keep = rows[rows.method.isin(methods)]
     if "resolution" not in keep:
         keep = keep.assign(resolution=keep.height.astype(str) + "x" + keep.width.astype(str))
@@ -48,7 +51,7 @@ def paper_table(rows: pd.DataFrame, setting: str, methods: tuple[str, ...] = PAP
     data = long_form(rows[rows.setting == setting], methods)
     table = data.pivot_table(index=["model", "resolution"], columns=["metric", "method"], values="value",
                              aggfunc="first")
-    metrics = [m for m in METRICS if m in table.columns.get_level_values(0)]
+    metrics = [m for m in (*METRICS, *COST) if m in table.columns.get_level_values(0)]
     table = table.reindex(columns=pd.MultiIndex.from_product([metrics, list(methods)]))
     # models in the paper's order, resolutions in the order the rows list them (the config's order)
     models = sorted(data.model.unique(), key=lambda m: MODEL_ORDER.index(m) if m in MODEL_ORDER else len(MODEL_ORDER))
@@ -60,6 +63,8 @@ def better_mask(table: pd.DataFrame) -> pd.DataFrame:
     """True where a cell is the best of its metric's methods in that row (ties: all of them)."""
     mask = pd.DataFrame(False, index=table.index, columns=table.columns)
     for metric in table.columns.get_level_values(0).unique():
+        if metric in COST:
+            continue
         values = table[metric]
         best = values.max(axis=1) if METRICS[metric][1] else values.min(axis=1)
         for method in values.columns:
@@ -69,10 +74,12 @@ def better_mask(table: pd.DataFrame) -> pd.DataFrame:
 
 def _formatted(table: pd.DataFrame, mark: str) -> pd.DataFrame:
     marks = better_mask(table)
-    text = table.map(lambda v: "" if pd.isna(v) else f"{v:.3f}")
+    text = table.copy().astype(object)
     for col in table.columns:
-        text[col] = [mark.format(t) if m and t else t for t, m in zip(text[col], marks[col])]
-    text.columns = [f"{METRICS[m][0]} {LABELS.get(meth, meth)}" for m, meth in table.columns]
+        form = COST[col[0]][1] if col[0] in COST else "{:.3f}"
+        values = ["" if pd.isna(v) else form.format(v) for v in table[col]]
+        text[col] = [mark.format(t) if m and t else t for t, m in zip(values, marks[col])]
+    text.columns = [f"{(METRICS | COST)[m][0]} {LABELS.get(meth, meth)}" for m, meth in table.columns]
     return text.reset_index()
 
 
@@ -113,6 +120,13 @@ def compare_with_paper(rows: pd.DataFrame) -> pd.DataFrame:
     return out.sort_values(["setting", "model", "resolution", "metric", "method"]).reset_index(drop=True)
 
 
+def cost_note(rows: pd.DataFrame) -> str:
+    """One line naming what the cost columns are and the device(s) that measured the seconds."""
+    devices = sorted(set(rows.get("seconds_device", pd.Series(dtype=object)).dropna()))
+    return ("calls/img: denoiser passes per image, counted (each CFG half and each CR-Diff branch is one); "
+            f"s/img: wall seconds per image, measured on {' + '.join(devices) or 'no recorded device'}\n")
+
+
 def write_all(rows: pd.DataFrame, out: str | Path, compare: bool = True) -> list[Path]:
     """Table A and B as CSV / Markdown / LaTeX, and the comparison with the paper, under `out`."""
     out = Path(out)
@@ -124,13 +138,13 @@ def write_all(rows: pd.DataFrame, out: str | Path, compare: bool = True) -> list
             continue
         for suffix, render in ((".csv", to_csv), (".md", to_markdown), (".tex", to_latex)):
             path = out / f"{name}{suffix}"
-            path.write_text(render(table))
+            path.write_text(render(table) + (f"\n{cost_note(rows)}" if suffix == ".md" else ""))
             written.append(path)
     extra = tuple(m for m in dict.fromkeys(rows.method) if m not in PAPER_METHODS)
     for name, setting in (("methods_A", "unseen"), ("methods_B", "default")):  # baselines side by side
         table = paper_table(rows, setting, PAPER_METHODS + extra) if extra else pd.DataFrame()
         if not table.empty:
-            (out / f"{name}.md").write_text(to_markdown(table))
+            (out / f"{name}.md").write_text(to_markdown(table) + f"\n{cost_note(rows)}")
             (out / f"{name}.csv").write_text(to_csv(table))
             written += [out / f"{name}.md", out / f"{name}.csv"]
     if compare:
