@@ -4,8 +4,10 @@
     python -m crdiff.run experiment=miniature_baselines output_dir=study/baselines
     python -m crdiff.run -m experiment=miniature_sweep_k output_dir=study/sweep_k
     python -m crdiff.run -m experiment=miniature_sweep_ratios output_dir=study/sweep_ratios
+    python -m crdiff.run experiment=miniature methods=[dense,native_resize] output_dir=study/native
+    python -m crdiff.run experiment=miniature prompts.limit=10 metrics=none output_dir=study/cost
     python scripts/miniature_study.py --main outputs --baselines study/baselines --sweep-k study/sweep_k \
-        --sweep-ratios study/sweep_ratios --out results/miniature
+        --sweep-ratios study/sweep_ratios --native study/native --cost study/cost --out results/miniature
 """
 
 from __future__ import annotations
@@ -20,9 +22,10 @@ import pandas as pd
 from crdiff.experiment.methods import METHODS
 from crdiff.report.plots import metric_vs_k, metric_vs_resolution
 from crdiff.experiment.results import load_table
-from crdiff.report.tables import METRICS, paper_table, to_markdown
+from crdiff.report.tables import COST, METRICS, cost_note, paper_table, to_markdown
 
 NAMES = ["digit_accuracy", "digit_fid"]
+COST_TITLES = {"denoiser_calls": "denoiser calls per image (counted)", "seconds_per_image": "seconds per image"}
 
 
 def header(title: str, rows: pd.DataFrame, command: str, output_dir: str) -> list[str]:
@@ -33,6 +36,21 @@ def header(title: str, rows: pd.DataFrame, command: str, output_dir: str) -> lis
             f"diffusers {prov['diffusers']}, {prov['time']}",
             f"- {rows.n_images.iloc[0]} images per cell (prompt i = digit i mod 10, seed i), {rows.steps.iloc[0]} DDIM "
             f"steps, guidance {rows.guidance.iloc[0]}", ""]
+
+
+def ordered(rows: pd.DataFrame) -> pd.DataFrame:
+    """Rows with `method` as a categorical in the documented order (crdiff.experiment.methods.METHODS)."""
+    methods = [m for m in METHODS if m in set(rows.method)]
+    return rows.assign(method=pd.Categorical(rows.method, methods, ordered=True))
+
+
+def cost_sections(rows: pd.DataFrame, index: list[str]) -> list[str]:
+    """The cost tables (where the rows recorded a cost) and the line naming the measuring device."""
+    lines = []
+    for name in COST:
+        if name in rows and rows[name].notna().any():
+            lines += [f"## {COST_TITLES[name]}", "", pivot(rows, index, name), ""]
+    return lines + [cost_note(rows)] if lines else []
 
 
 def pivot(rows: pd.DataFrame, index: list[str], metric: str) -> str:
@@ -73,7 +91,7 @@ def real_floor(sizes=(50, 100), draws: int = 3, seed: int = 0) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    for name in ("main", "baselines", "sweep_k", "sweep_ratios"):
+    for name in ("main", "baselines", "sweep_k", "sweep_ratios", "native", "cost"):
         parser.add_argument(f"--{name.replace('_', '-')}", help=f"output_dir of the {name} run")
     parser.add_argument("--real-floor", action="store_true",
                         help="digit-FID of random subsets of the real digits against all of them (the small-sample floor)")
@@ -86,18 +104,20 @@ def main(argv=None) -> int:
         rows = load_table(args.main)
         rows = rows[rows.experiment == "miniature"]
         lines = header("Miniature: dense vs CR-Diff", rows, "make main", args.main)
+        methods = tuple(m for m in METHODS if m in set(rows.method))
         for setting, title in (("default", "Training resolution"), ("unseen", "Unseen resolutions")):
-            lines += [f"## {title}", "", to_markdown(paper_table(rows, setting)), ""]
+            lines += [f"## {title}", "", to_markdown(paper_table(rows, setting, methods)), ""]
+        if "seconds_device" in rows:
+            lines.append(cost_note(rows))
         (out / "main.md").write_text("\n".join(lines))
         written += [out / "main.md", metric_vs_resolution(rows, "digits", out)]
     if args.baselines:
-        rows = load_table(args.baselines)
-        methods = [m for m in METHODS if m in set(rows.method)]  # the documented order
+        rows = ordered(load_table(args.baselines))
         lines = header("Miniature: every method side by side", rows, "python -m crdiff.run experiment=miniature_baselines",
                        args.baselines)
         for metric in NAMES:
-            ordered = rows.assign(method=pd.Categorical(rows.method, methods, ordered=True))
-            lines += [f"## {METRICS[metric][0]}", "", pivot(ordered, ["method"], metric), ""]
+            lines += [f"## {METRICS[metric][0]}", "", pivot(rows, ["method"], metric), ""]
+        lines += cost_sections(rows, ["method"])
         (out / "baselines.md").write_text("\n".join(lines))
         written.append(out / "baselines.md")
     if args.sweep_k:
@@ -119,6 +139,24 @@ def main(argv=None) -> int:
             lines += [f"## {METRICS[metric][0]}", "", pivot(rows, ["ratios"], metric), ""]
         (out / "sweep_ratios.md").write_text("\n".join(lines))
         written.append(out / "sweep_ratios.md")
+    if args.native:
+        rows = ordered(load_table(args.native))
+        lines = header("Miniature: native_resize (draw at the training size or the nearest trained aspect, then "
+                       "resize)", rows, "python -m crdiff.run experiment=miniature methods=[dense,native_resize]",
+                       args.native)
+        drawn = rows[rows.method == "native_resize"].sort_values(["height", "width"])
+        lines += ["native_resize draws at: " + ", ".join(f"{r} from {d}" for r, d in zip(drawn.resolution, drawn.drawn_at))
+                  + " (centre crop to the target aspect, then Lanczos)", ""]
+        for metric in NAMES:
+            lines += [f"## {METRICS[metric][0]}", "", pivot(rows, ["method"], metric), ""]
+        lines += cost_sections(rows, ["method"])
+        if args.cost:
+            cost = ordered(load_table(args.cost))
+            lines += ["# Cost of dense, CR-Diff and native_resize side by side",
+                      "", *header("", cost, "python -m crdiff.run experiment=miniature prompts.limit=10 metrics=none",
+                                  args.cost)[2:], *cost_sections(cost, ["method"])]
+        (out / "native_resize.md").write_text("\n".join(lines))
+        written.append(out / "native_resize.md")
     if args.real_floor:
         (out / "real_floor.md").write_text(real_floor())
         written.append(out / "real_floor.md")

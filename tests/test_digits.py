@@ -123,7 +123,7 @@ def test_training_is_deterministic(tmp_path):
 
 @pytest.mark.slow
 def test_shortened_main_job_end_to_end(tmp_path):
-    """`make main`'s three commands, shortened: search, dense vs CR-Diff with tables, figures."""
+    """`make main`'s three commands, shortened: search, dense vs CR-Diff vs native_resize with tables, figures."""
     out = str(tmp_path / "out")
     short = ["prompts.limit=10", "sampler.steps=4", f"output_dir={out}"]
 
@@ -138,7 +138,10 @@ def test_shortened_main_job_end_to_end(tmp_path):
     run("-m", "crdiff.run", "experiment=miniature", *short, "resolutions.unseen=[48x48]")
     rows = [json.loads(p.read_text()) for p in (tmp_path / "out" / "results").glob("*.json")]
     assert sorted((r["method"], r["resolution"]) for r in rows) == [
-        ("crdiff", "32x32"), ("crdiff", "48x48"), ("dense", "32x32"), ("dense", "48x48")]
+        ("crdiff", "32x32"), ("crdiff", "48x48"), ("dense", "32x32"), ("dense", "48x48"),
+        ("native_resize", "32x32"), ("native_resize", "48x48")]
     assert all(set(r["metrics"]) == {"digit_fid", "digit_accuracy"} for r in rows)
+    at_32 = {r["method"]: r["metrics"] for r in rows if r["resolution"] == "32x32"}
+    assert at_32["native_resize"] == at_32["dense"]  # at the training size native_resize is dense
     written = run("scripts/make_tables.py", "--results", out, "--out", f"{out}/tables")
     assert "table_A" in written and ".png" in written

@@ -135,3 +135,17 @@ def test_rows_carry_cost_and_a_rerun_keeps_the_measured_seconds(tmp_path):
     again = execute(run)
     assert again["generated"] == 0
     assert again["table"].set_index("method").seconds_per_image.equals(first.seconds_per_image)
+
+
+def test_tables_show_cost_beside_quality_never_marked(tmp_path):
+    from crdiff.report.tables import paper_rows, write_all
+
+    rows = paper_rows()
+    crd = rows.method == "crdiff"
+    rows = rows.assign(denoiser_calls=np.where(crd, 120, 60), seconds_per_image=np.where(crd, 2.0, 1.0),
+                       seconds_device="NVIDIA H100 80GB HBM3")
+    write_all(rows, tmp_path, compare=False)
+    md = (tmp_path / "table_A.md").read_text()
+    assert "| calls/img dense | calls/img CR-Diff | s/img dense | s/img CR-Diff |" in md
+    assert "| 60 | 120 | 1.000 | 2.000 |" in md and "**60**" not in md and "**1.000**" not in md
+    assert "measured on NVIDIA H100 80GB HBM3" in md
