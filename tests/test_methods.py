@@ -33,7 +33,8 @@ def test_every_method_removes_back_to_dense_exactly(tiny_pipes, run, name):
     methods.remove(pipe)
     assert torch.equal(generate(pipe, 40, 72), dense)
     assert not any(hasattr(m, "_diffusers_hook") or "forward" in m.__dict__ for m in pipe.unet.modules())
-    assert torch.equal(changed, dense) == (name == "dense")
+    # native_resize leaves the pipeline as loaded: it changes where the sampler draws (tests/test_native.py)
+    assert torch.equal(changed, dense) == (name in ("dense", "native_resize"))
 
 
 def test_entropy_scaling_is_plain_attention_at_the_training_size(tiny_pipes, run):
