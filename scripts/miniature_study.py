@@ -5,7 +5,8 @@
     python -m crdiff.run -m experiment=miniature_sweep_k output_dir=study/sweep_k
     python -m crdiff.run -m experiment=miniature_sweep_ratios output_dir=study/sweep_ratios
     python -m crdiff.run experiment=miniature methods=[dense,native_resize] output_dir=study/native
-    python -m crdiff.run experiment=miniature prompts.limit=10 metrics=none output_dir=study/cost
+    python -m crdiff.run experiment=miniature prompts.limit=10 metrics=none resolutions.unseen=[32x64,64x64] \
+        output_dir=study/cost
     python scripts/miniature_study.py --main outputs --baselines study/baselines --sweep-k study/sweep_k \
         --sweep-ratios study/sweep_ratios --native study/native --cost study/cost --out results/miniature
 """
@@ -142,7 +143,8 @@ def main(argv=None) -> int:
     if args.native:
         rows = ordered(load_table(args.native))
         lines = header("Miniature: native_resize (draw at the training size or the nearest trained aspect, then "
-                       "resize)", rows, "python -m crdiff.run experiment=miniature methods=[dense,native_resize]",
+                       "resize)", rows, "python -m crdiff.run experiment=miniature methods=[native_resize]; dense: methods=[dense] "
+                       "resolutions.unseen=[24x24,32x64,48x48], the main job's images",
                        args.native)
         drawn = rows[rows.method == "native_resize"].sort_values(["height", "width"])
         lines += ["native_resize draws at: " + ", ".join(f"{r} from {d}" for r, d in zip(drawn.resolution, drawn.drawn_at))
@@ -153,7 +155,8 @@ def main(argv=None) -> int:
         if args.cost:
             cost = ordered(load_table(args.cost))
             lines += ["# Cost of dense, CR-Diff and native_resize side by side",
-                      "", *header("", cost, "python -m crdiff.run experiment=miniature prompts.limit=10 metrics=none",
+                      "", *header("", cost, "python -m crdiff.run experiment=miniature prompts.limit=10 "
+                                  "metrics=none resolutions.unseen=[32x64,64x64]",
                                   args.cost)[2:], *cost_sections(cost, ["method"])]
         (out / "native_resize.md").write_text("\n".join(lines))
         written.append(out / "native_resize.md")
