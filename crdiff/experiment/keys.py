@@ -28,7 +28,7 @@ EXCLUDED = frozenset({
 })
 # Bump when a metric's definition changes (preprocessing, feature layer, reference statistics): result
 # rows keyed before then are recomputed instead of mixed with new ones.
-METRICS_VERSION = 1
+METRICS_VERSION = 2  # 2: CLIP score on QuickGELU for OpenAI weights (issue 12)
 
 
 def semantic(value: Any) -> Any:

@@ -17,13 +17,16 @@ from crdiff.experiment.sampling import image_path
 log = logging.getLogger(__name__)
 
 
-def build_all(cfg: MetricsConfig, device: str) -> dict[str, ImageMetric]:
-    """Instantiate every configured metric once (models load here, before any scoring)."""
+def metric_options(cfg: MetricsConfig, name: str) -> dict:
+    """The settings of `cfg` that metric `name` is built with (the stand-in CLIP has its own architecture)."""
     options = {"clip": {"arch": cfg.clip_arch, "pretrained": cfg.clip_pretrained},
                "kid": {"subset_size": cfg.kid_subset_size}}
-    return {name: build_metric(name, tiny=cfg.tiny, device=device, **({} if cfg.tiny and name == "clip" else
-                                                                       options.get(name, {})))
-            for name in cfg.names}
+    return {} if cfg.tiny and name == "clip" else options.get(name, {})
+
+
+def build_all(cfg: MetricsConfig, device: str) -> dict[str, ImageMetric]:
+    """Instantiate every configured metric once (models load here, before any scoring)."""
+    return {name: build_metric(name, tiny=cfg.tiny, device=device, **metric_options(cfg, name)) for name in cfg.names}
 
 
 def _batches(paths: list[str], prompts: list[str], size: int, mode: str) -> Iterator[tuple[list, list]]:
