@@ -198,10 +198,26 @@ def _dropped_components(source: str) -> dict[str, None]:
             and name not in cls._optional_components}
 
 
+def _without_safety_checker(source: str) -> dict[str, Any]:
+    """SD1.x / SD2.x pipelines ship a safety checker that swaps flagged images for black ones; scored,
+    those would count as the model's images. Evaluation loads every pipeline without it (docs/protocol.md)
+    and counts black / constant / NaN images instead (crdiff.experiment.checks)."""
+    from diffusers import DiffusionPipeline
+
+    try:
+        index = DiffusionPipeline.load_config(source)  # model_index.json: local folder or hub cache
+    except (OSError, ValueError):
+        return {}  # not on this machine: from_pretrained reports it
+    if "safety_checker" not in index:
+        return {}
+    return {"safety_checker": None, "requires_safety_checker": False}
+
+
 def load_pipeline(
     name_or_path: str, dtype: str | torch.dtype | None = None, device: str | torch.device = "cpu", **kwargs: Any
 ):
-    """Load a text-to-image pipeline through diffusers' `from_pretrained` (hub id or local folder)."""
+    """Load a text-to-image pipeline through diffusers' `from_pretrained` (hub id or local folder), without
+    its safety checker."""
     from diffusers import DiffusionPipeline
     from huggingface_hub.errors import LocalEntryNotFoundError
 
@@ -212,7 +228,7 @@ def load_pipeline(
             raise ValueError(f"unknown dtype {dtype!r}; valid choices: {sorted(DTYPES)}")
         dtype = DTYPES[dtype]
     source = resolve(name_or_path)
-    kwargs = {**_dropped_components(source), **kwargs}
+    kwargs = {**_dropped_components(source), **_without_safety_checker(source), **kwargs}
     try:
         pipe = DiffusionPipeline.from_pretrained(source, dtype=dtype, **kwargs)
     except (OSError, LocalEntryNotFoundError) as err:

@@ -99,7 +99,7 @@ class SamplerConfig:
     scheduler: str | None = None  # None: the pipeline's own default (as REF)
     steps: int = 30
     guidance: float = 7.5
-    negative_prompt: str = ""
+    negative_prompt: str | None = ""  # None: no negative prompt (REF's CR-Diff script); not the same as ""
     seed: int = 0
     batch_size: int = 4  # speed only: not part of the run key
 

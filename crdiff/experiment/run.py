@@ -19,7 +19,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from crdiff.experiment import distributed, hardware
+from crdiff.experiment import checks, distributed, hardware
 from crdiff.experiment.claims import Claims
 from crdiff.experiment.config import RunConfig
 from crdiff.models import MODELS, Resolution
@@ -211,7 +211,8 @@ def row(p: Plan, job: Job, prov: dict[str, Any], scores: dict[str, float]) -> di
         **{f"ratio_{g}": None if crd is None else crd.ratios[g] for g in GROUPS},
         "steps": p.run.sampler.steps, "guidance": p.run.sampler.guidance, "seed": p.run.sampler.seed,
         "scheduler": p.run.sampler.scheduler, "image_dir": str(job.folder),
-        "preprocessing": p.run.metrics.preprocessing, "provenance": prov, "metrics": scores,
+        "preprocessing": p.run.metrics.preprocessing, **checks.count(job.folder, len(p.prompts)),
+        "provenance": prov, "metrics": scores,
     }
 
 
@@ -223,7 +224,9 @@ def finalize(p: Plan, device: str, counts: dict[str, int], scores: dict[str, dic
     tracker = Tracker(p.run.wandb, asdict(p.run), f"{p.run.experiment}-{p.run.model.name}", str(p.output_dir))
     grids, prov = {}, provenance(device)
     for job in p.jobs:
-        write_row(p.output_dir / "results", job.key, row(p, job, prov, scores[job.key]))
+        result = row(p, job, prov, scores[job.key])
+        checks.warn(result)
+        write_row(p.output_dir / "results", job.key, result)
         image = grid(job.folder, list(range(min(16, len(p.prompts)))))
         if image is not None:
             path = p.output_dir / "grids" / f"{job.method}_{job.resolution}_{job.key}.png"

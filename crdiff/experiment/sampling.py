@@ -14,9 +14,11 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 
+from crdiff.experiment.checks import flag
 from crdiff.experiment.config import SamplerConfig
 from crdiff.models import Resolution
 from crdiff.experiment.prompts import PromptSet
@@ -55,7 +57,8 @@ def is_done(folder: Path, prompts: PromptSet, index: int, seed: int) -> bool:
     if not (image.exists() and meta.exists()):
         return False
     try:
-        if json.loads(meta.read_text()) != image_meta(prompts, index, seed):
+        want, stored = image_meta(prompts, index, seed), json.loads(meta.read_text())
+        if {k: stored.get(k) for k in want} != want:  # beside the identity: the image's flag (checks.py)
             log.warning("%s: metadata does not match this run; regenerating", meta)
             return False
         with Image.open(image) as im:
@@ -66,19 +69,32 @@ def is_done(folder: Path, prompts: PromptSet, index: int, seed: int) -> bool:
         return False
 
 
-def draw(pipe, prompts: PromptSet, indices: list[int], resolution: Resolution, sampler: SamplerConfig) -> list:
-    """The images `indices` of `prompts` (PIL), in batches of `sampler.batch_size`, seeds `seed + i`."""
+def decode(pipe, prompts: PromptSet, indices: list[int], resolution: Resolution, sampler: SamplerConfig) -> list:
+    """The images `indices` of `prompts` as decoded (float HxWxC in [0, 1], NaN kept), in batches of
+    `sampler.batch_size`, seeds `seed + i`."""
     images = []
     for start in range(0, len(indices), sampler.batch_size):
         batch = indices[start : start + sampler.batch_size]
-        images += pipe(
-            prompt=[prompts.prompts[i] for i in batch],
-            negative_prompt=[sampler.negative_prompt] * len(batch),
+        # None (REF's CR-Diff script): no negative prompt; SDXL then zeroes the negative embedding, "" encodes it
+        negative = None if sampler.negative_prompt is None else [sampler.negative_prompt] * len(batch)
+        images += list(pipe(
+            prompt=[prompts.prompts[i] for i in batch], negative_prompt=negative,
             height=resolution.height, width=resolution.width,
             num_inference_steps=sampler.steps, guidance_scale=sampler.guidance,
-            generator=[torch.Generator("cpu").manual_seed(sampler.seed + i) for i in batch],
-        ).images
+            generator=[torch.Generator("cpu").manual_seed(sampler.seed + i) for i in batch], output_type="np",
+        ).images)
     return images
+
+
+def to_pil(pixels: np.ndarray) -> Image.Image:
+    """What the pipeline's `output_type="pil"` returns for the same array (diffusers' numpy_to_pil)."""
+    with np.errstate(invalid="ignore"):  # NaN becomes 0; checks.flag has recorded it
+        return Image.fromarray((pixels * 255).round().astype("uint8"))
+
+
+def draw(pipe, prompts: PromptSet, indices: list[int], resolution: Resolution, sampler: SamplerConfig) -> list:
+    """The images `indices` of `prompts` (PIL), in batches of `sampler.batch_size`, seeds `seed + i`."""
+    return [to_pil(pixels) for pixels in decode(pipe, prompts, indices, resolution, sampler)]
 
 
 def generate(
@@ -88,11 +104,12 @@ def generate(
     """Make and store the images `indices` (the caller has skipped the done ones); returns how many."""
     for start in range(0, len(indices), sampler.batch_size):
         batch = indices[start : start + sampler.batch_size]
-        for i, image in zip(batch, draw(pipe, prompts, batch, resolution, sampler)):
+        for i, pixels in zip(batch, decode(pipe, prompts, batch, resolution, sampler)):
             buffer = io.BytesIO()
-            image.save(buffer, format="PNG")
+            to_pil(pixels).save(buffer, format="PNG")
             atomic.write_bytes(image_path(folder, i), buffer.getvalue())
-            atomic.write_json(meta_path(folder, i), image_meta(prompts, i, sampler.seed))  # written last: "done"
+            meta = {**image_meta(prompts, i, sampler.seed), "flag": flag(pixels)}
+            atomic.write_json(meta_path(folder, i), meta)  # written last: "done"
         progress(len(batch))
     return len(indices)
 

@@ -17,6 +17,9 @@ METRICS = {
     # the miniature's analogues (crdiff.metrics.digits)
     "digit_fid": ("digit-FID↓", False), "digit_accuracy": ("digit-acc↑", True),
 }
+# image counts shown beside the metrics (crdiff.experiment.checks): NaN + black + constant images of a cell
+COUNTS = {"flagged_images": ("NaN/black/constant↓", False)}
+COLUMNS = {**METRICS, **COUNTS}
 MODEL_ORDER = ["sdxl", "sd15", "sd21"]
 PAPER_CSV = Path(__file__).resolve().parents[2] / "results" / "paper" / "tables_paper.csv"
 
@@ -34,8 +37,11 @@ LABELS = {"dense": "dense", "crdiff": "CR-Diff"}
 
 def long_form(rows: pd.DataFrame, methods: tuple[str, ...] = PAPER_METHODS) -> pd.DataFrame:
     """One line per (model, setting, resolution, method, metric, value) from result rows."""
-    metrics = [m for m in METRICS if m in rows.columns]
     keep = rows[rows.method.isin(methods)]
+    flags = [f"{f}_images" for f in ("nan", "black", "constant")]
+    if all(f in keep for f in flags):
+        keep = keep.assign(flagged_images=keep[flags].sum(axis=1, min_count=1))
+    metrics = [m for m in COLUMNS if m in keep.columns]
     if "resolution" not in keep:
         keep = keep.assign(resolution=keep.height.astype(str) + "x" + keep.width.astype(str))
     return keep.melt(id_vars=["model", "setting", "resolution", "method"], value_vars=metrics,
@@ -48,7 +54,7 @@ def paper_table(rows: pd.DataFrame, setting: str, methods: tuple[str, ...] = PAP
     data = long_form(rows[rows.setting == setting], methods)
     table = data.pivot_table(index=["model", "resolution"], columns=["metric", "method"], values="value",
                              aggfunc="first")
-    metrics = [m for m in METRICS if m in table.columns.get_level_values(0)]
+    metrics = [m for m in COLUMNS if m in table.columns.get_level_values(0)]
     table = table.reindex(columns=pd.MultiIndex.from_product([metrics, list(methods)]))
     # models in the paper's order, resolutions in the order the rows list them (the config's order)
     models = sorted(data.model.unique(), key=lambda m: MODEL_ORDER.index(m) if m in MODEL_ORDER else len(MODEL_ORDER))
@@ -61,7 +67,7 @@ def better_mask(table: pd.DataFrame) -> pd.DataFrame:
     mask = pd.DataFrame(False, index=table.index, columns=table.columns)
     for metric in table.columns.get_level_values(0).unique():
         values = table[metric]
-        best = values.max(axis=1) if METRICS[metric][1] else values.min(axis=1)
+        best = values.max(axis=1) if COLUMNS[metric][1] else values.min(axis=1)
         for method in values.columns:
             mask[(metric, method)] = values[method] == best
     return mask
@@ -71,8 +77,11 @@ def _formatted(table: pd.DataFrame, mark: str) -> pd.DataFrame:
     marks = better_mask(table)
     text = table.map(lambda v: "" if pd.isna(v) else f"{v:.3f}")
     for col in table.columns:
-        text[col] = [mark.format(t) if m and t else t for t, m in zip(text[col], marks[col])]
-    text.columns = [f"{METRICS[m][0]} {LABELS.get(meth, meth)}" for m, meth in table.columns]
+        if col[0] in COUNTS:  # a count: no decimals, no "better" mark
+            text[col] = table[col].map(lambda v: "" if pd.isna(v) else f"{v:.0f}")
+        else:
+            text[col] = [mark.format(t) if m and t else t for t, m in zip(text[col], marks[col])]
+    text.columns = [f"{COLUMNS[m][0]} {LABELS.get(meth, meth)}" for m, meth in table.columns]
     return text.reset_index()
 
 
