@@ -21,6 +21,8 @@ EXCLUDED = frozenset({
     "RunConfig.device", "RunConfig.output_dir", "RunConfig.experiment", "RunConfig.task", "RunConfig.methods",
     "RunConfig.wandb", "RunConfig.lease_min",
     "SamplerConfig.batch_size",
+    # act through the ratios they resolve per resolution, and those join the key (crdiff.experiment.presets)
+    "PruningConfig.searched", "PruningConfig.preset_path",
     "AmplifyConfig.batched", "CRDiffConfig.batched",
     "MetricsConfig.batch_size",
     "RatioSearchConfig.preset_root", "RatioSearchConfig.preset_name", "RatioSearchConfig.compare",

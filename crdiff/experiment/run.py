@@ -19,7 +19,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from crdiff.experiment import checks, distributed, hardware
+from crdiff.experiment import checks, distributed, hardware, presets
 from crdiff.experiment.claims import Claims
 from crdiff.experiment.config import RunConfig
 from crdiff.models import MODELS, Resolution
@@ -67,12 +67,14 @@ def plan(run: RunConfig) -> Plan:
     if run.model.name in MODELS:
         for _, res in run.resolutions.selected():
             MODELS[run.model.name].check(res)
+    presets.report(run, [res for _, res in run.resolutions.selected()])
     jobs = []
     for method in run.methods:
-        images_key = run_key(model=run.model, sampler=run.sampler, prompts=prompt_key, method=method,
-                             settings=methods.settings(run, method))
-        images = out / "images" / run.model.name.replace("/", "--") / f"{method}-{images_key}"
         for setting, res in run.resolutions.selected():
+            # per resolution: under pruning.searched each resolution has its own ratios
+            images_key = run_key(model=run.model, sampler=run.sampler, prompts=prompt_key, method=method,
+                                 settings=methods.settings(run, method, res))
+            images = out / "images" / run.model.name.replace("/", "--") / f"{method}-{images_key}"
             key = run_key(images=images_key, resolution=str(res), metrics=run.metrics, metrics_version=METRICS_VERSION)
             jobs.append(Job(method, setting, res, key, images / str(res)))
     return Plan(run, prompts, jobs, out)
@@ -201,7 +203,8 @@ def score_all(p: Plan, ranks: distributed.Ranks, device: str) -> dict[str, dict[
 
 
 def row(p: Plan, job: Job, prov: dict[str, Any], scores: dict[str, float]) -> dict[str, Any]:
-    crd = p.run.method(job.method)
+    crd = p.run.method(job.method, job.resolution)
+    _, source, preset = presets.ratios_at(p.run, job.resolution)
     return {
         "experiment": p.run.experiment, "model": p.run.model.name, "dtype": p.run.model.dtype,
         "method": job.method, "setting": job.setting, "resolution": str(job.resolution),
@@ -209,6 +212,7 @@ def row(p: Plan, job: Job, prov: dict[str, Any], scores: dict[str, float]) -> di
         "prompts": p.prompts.name, "prompts_digest": p.prompts.digest(), "n_images": len(p.prompts),
         "k": None if crd is None else crd.k, "criterion": None if crd is None else crd.criterion,
         **{f"ratio_{g}": None if crd is None else crd.ratios[g] for g in GROUPS},
+        "ratios_source": None if crd is None else source, "preset": None if crd is None else preset,
         "steps": p.run.sampler.steps, "guidance": p.run.sampler.guidance, "seed": p.run.sampler.seed,
         "scheduler": p.run.sampler.scheduler, "image_dir": str(job.folder),
         "preprocessing": p.run.metrics.preprocessing, **checks.count(job.folder, len(p.prompts)),
