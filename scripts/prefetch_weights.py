@@ -1,6 +1,6 @@
 """Download every model and metric weight an experiment needs into the local caches.
 
-    python scripts/prefetch_weights.py experiment=table_a_sdxl        # any Hydra overrides of crdiff.run
+    python scripts/prefetch_weights.py experiment=table_a model=sdxl  # any Hydra overrides of crdiff.run
 Run it once where the internet is reachable; compute nodes then run with HF_HUB_OFFLINE=1.
 Caches: the Hugging Face hub cache (HF_HOME), torch hub (Inception for FID), CRDIFF_CACHE (tiny models).
 """

@@ -220,17 +220,27 @@ def row(p: Plan, job: Job, prov: dict[str, Any], scores: dict[str, float]) -> di
     }
 
 
+def summary_scalars(result: dict[str, Any]) -> dict[str, float]:
+    """`<metric>/<method>/<HxW>` (and the image counts, the ratios used) of one row, for the W&B summary:
+    the runs of a sweep then plot metric vs the config value in a W&B panel without reading tables."""
+    cell = f"{result['method']}/{result['resolution']}"
+    values = {**result["metrics"], **{name: result[name] for name in ("nan_images", "black_images", "constant_images",
+                                                                       *(f"ratio_{g}" for g in GROUPS))}}
+    return {f"{name}/{cell}": value for name, value in values.items() if value is not None}
+
+
 def finalize(p: Plan, device: str, counts: dict[str, int], scores: dict[str, dict[str, float]]):
     """Rank 0 only: result rows, grids, W&B; returns this run's table."""
     from crdiff.experiment.sampling import grid, sheet
     from crdiff.experiment.tracking import Tracker
 
     tracker = Tracker(p.run.wandb, asdict(p.run), f"{p.run.experiment}-{p.run.model.name}", str(p.output_dir))
-    grids, prov = {}, provenance(device)
+    grids, prov, summary = {}, provenance(device), {}
     for job in p.jobs:
         result = row(p, job, prov, scores[job.key])
         checks.warn(result)
         write_row(p.output_dir / "results", job.key, result)
+        summary |= summary_scalars(result)
         image = grid(job.folder, list(range(min(16, len(p.prompts)))))
         if image is not None:
             path = p.output_dir / "grids" / f"{job.method}_{job.resolution}_{job.key}.png"
@@ -242,6 +252,7 @@ def finalize(p: Plan, device: str, counts: dict[str, int], scores: dict[str, dic
         if len(rows) > 1:
             sheet(rows).save(p.output_dir / "grids" / f"methods_{'_'.join(p.run.methods)}_{res}.png")
     table = load_table(p.output_dir).set_index("key").loc[[j.key for j in p.jobs]].reset_index()
+    tracker.summarize(summary)
     tracker.log(counts)
     tracker.log_images(grids)
     tracker.log_table("results", table)
