@@ -43,7 +43,8 @@ def test_preset_path_is_searched_in_order_and_a_foreign_preset_is_refused(tmp_pa
     assert run.method("crdiff", job.resolution).ratios == {"down": 0.2, "mid": 0.3, "up": 0.4}
     assert run.method("uniform", job.resolution).ratios == {g: pytest.approx(0.3) for g in ("down", "mid", "up")}
     (first / "searched_tiny-sdxl_96x96.yaml").write_text("kind: blockwise\ncriterion: random\nratios: {down: 0.2}\n")
-    with pytest.raises(ValueError, match="pruning.searched takes blockwise presets of pruning.criterion='magnitude'"):
+    with pytest.raises(ValueError, match="pruning.searched takes blockwise presets of pruning.criterion='magnitude', "
+                                         "pruning.targets=None"):
         plan(run)
     with pytest.raises(ValueError, match="pruning.searched takes block-wise presets; pruning.kind is 'uniform'"):
         compose_run(*TABLE, "pruning=uniform")

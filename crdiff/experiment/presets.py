@@ -39,14 +39,16 @@ def find(run, resolution: Resolution) -> Path | None:
     return None
 
 
-def read(path: Path, criterion: str) -> dict[str, float]:
-    """The ratios of a pruning preset; one that would be applied with another kind or criterion is refused."""
+def read(path: Path, pruning) -> dict[str, float]:
+    """The ratios of a pruning preset; one searched with another kind, criterion or targets than `pruning`
+    would be applied differently from how it was found, and is refused."""
     from omegaconf import OmegaConf
 
     preset = OmegaConf.to_container(OmegaConf.load(path))
-    if preset.get("kind") != "blockwise" or preset.get("criterion") != criterion:
-        raise ValueError(f"preset {path} has kind={preset.get('kind')!r}, criterion={preset.get('criterion')!r}; "
-                         f"pruning.searched takes blockwise presets of pruning.criterion={criterion!r}")
+    found = (preset.get("kind", "blockwise"), preset.get("criterion", "magnitude"), preset.get("targets"))
+    if found != ("blockwise", pruning.criterion, pruning.targets):
+        raise ValueError(f"preset {path} has kind, criterion, targets = {found}; pruning.searched takes blockwise "
+                         f"presets of pruning.criterion={pruning.criterion!r}, pruning.targets={pruning.targets}")
     return validate_ratios(preset["ratios"])
 
 
@@ -57,7 +59,7 @@ def ratios_at(run, resolution: Resolution | None) -> tuple[dict[str, float], str
     path = find(run, resolution)
     if path is None:
         return run.pruning.ratios, SOURCES[1], None
-    return read(path, run.pruning.criterion), SOURCES[0], str(path)
+    return read(path, run.pruning), SOURCES[0], str(path)
 
 
 def report(run, resolutions: list[Resolution]) -> None:
