@@ -248,12 +248,28 @@ def _dropped_components(source: str) -> dict[str, None]:
             and name not in cls._optional_components}
 
 
+def _without_safety_checker(source: str) -> dict[str, Any]:
+    """SD1.x / SD2.x pipelines ship a safety checker that swaps flagged images for black ones; scored,
+    those would count as the model's images. Evaluation loads every pipeline without it (docs/protocol.md)
+    and counts black / constant / NaN images instead (crdiff.experiment.checks)."""
+    from diffusers import DiffusionPipeline
+
+    try:
+        index = DiffusionPipeline.load_config(source)  # model_index.json: local folder or hub cache
+    except (OSError, ValueError):
+        return {}  # not on this machine: from_pretrained reports it
+    if "safety_checker" not in index:
+        return {}
+    return {"safety_checker": None, "requires_safety_checker": False}
+
+
 def load_pipeline(
     name_or_path: str, dtype: str | torch.dtype | None = None, device: str | torch.device = "cpu",
     source: str | None = None, revision: str | None = None, **kwargs: Any
 ):
-    """Load a text-to-image pipeline through diffusers' `from_pretrained`: a registry name (its source,
-    revision and weight variant, or `source` / `revision` given instead), a hub id or a local folder."""
+    """Load a text-to-image pipeline through diffusers' `from_pretrained`, without its safety checker: a
+    registry name (its source, revision and weight variant, or `source` / `revision` given instead), a hub
+    id or a local folder."""
     from diffusers import DiffusionPipeline
     from huggingface_hub.errors import LocalEntryNotFoundError
 
@@ -267,7 +283,7 @@ def load_pipeline(
     where = locate(name_or_path, source, revision, dtype_name)
     path = resolve(name_or_path, source)
     hub = {} if Path(path).is_dir() else {"revision": where.revision, "cache_dir": hub_cache()}
-    kwargs = {**_dropped_components(path), **hub, **({"variant": where.variant} if where.variant else {}), **kwargs}
+    kwargs = {**_dropped_components(path), **_without_safety_checker(path), **hub, **({"variant": where.variant} if where.variant else {}), **kwargs}
     try:
         pipe = DiffusionPipeline.from_pretrained(path, dtype=dtype, **kwargs)
     except (OSError, LocalEntryNotFoundError) as err:

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from PIL import Image, ImageOps
 
 from crdiff.models import Resolution
@@ -65,9 +66,20 @@ class NativeRule:
         return bucket(target, self.buckets, self.train)
 
 
-def fit(image: Image.Image, target: Resolution) -> Image.Image:
+def fit(image: Image.Image | np.ndarray, target: Resolution) -> Image.Image | np.ndarray:
     """`image` cropped about its centre to the target's aspect ratio (the least crop that matches it),
-    then resampled to `target` with Lanczos; returned unchanged when it already has the target size."""
+    then resampled to `target` with Lanczos; returned unchanged when it already has the target size.
+
+    A float array (HxWxC in [0, 1], a pipeline's `output_type="np"`) is fit through its 8-bit picture, as
+    the PNG would be; one holding NaN stays all NaN, so the run's image checks still count it.
+    """
+    if isinstance(image, np.ndarray):
+        if image.shape[:2] == (target.height, target.width):
+            return image
+        if np.isnan(image).any():
+            return np.full((target.height, target.width, image.shape[-1]), np.nan, dtype=image.dtype)
+        picture = Image.fromarray((image * 255).round().astype("uint8"))
+        return np.asarray(fit(picture, target), dtype=np.float32) / 255
     if (image.height, image.width) == (target.height, target.width):
         return image
     return ImageOps.fit(image, (target.width, target.height), method=Image.Resampling.LANCZOS, centering=(0.5, 0.5))

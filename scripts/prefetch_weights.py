@@ -1,7 +1,7 @@
 """Download exactly what a command will load: its model (the weight variant that runs, e.g. fp16) and
 every configured metric's weights, for each value of a sweep.
 
-    python scripts/prefetch_weights.py experiment=table_a_sdxl         # any overrides of crdiff.run
+    python scripts/prefetch_weights.py experiment=table_a model=sdxl       # any overrides of crdiff.run
     python scripts/prefetch_weights.py experiment=table_b              # the experiment's sweep: sdxl, sd15, sd21
     python scripts/prefetch_weights.py model=sd15,sd21 metrics=paper   # a command-line sweep
 Run it once where the internet is reachable; compute nodes then run with HF_HUB_OFFLINE=1. It reads

@@ -1,5 +1,7 @@
 """Metrics against independent computations; invariance to batch size and rank count."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -151,3 +153,30 @@ def test_prefetch_command_runs_for_an_offline_experiment(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     # a tiny model and tiny metric stand-ins are built from config: nothing to download
     assert done.stdout.strip().splitlines()[-1] == "prefetch: 0 B fetched for 0 pieces (0 failed)"
+
+
+def test_the_paper_configuration_builds_clip_with_quickgelu(monkeypatch):
+    """The paper's metrics config builds CLIP through the real path; the download is simulated by
+    building the same architecture without weights on the meta device (no memory, no network)."""
+    import open_clip
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from crdiff.experiment.config import MetricsConfig
+    from crdiff.experiment.scoring import metric_options
+
+    real, calls = open_clip.create_model_and_transforms, []
+
+    def without_download(arch, pretrained=None, **kwargs):
+        calls.append((arch, pretrained))
+        return real(arch, pretrained=None, **{**kwargs, "device": "meta"})
+
+    monkeypatch.setattr(open_clip, "create_model_and_transforms", without_download)
+    root = Path(__file__).resolve().parents[1] / "conf"
+    with initialize_config_dir(str(root), version_base="1.3"):
+        cfg = MetricsConfig(**OmegaConf.to_container(compose("config", overrides=["metrics=paper"]).metrics))
+    metric = build_metric("clip", device="meta", **metric_options(cfg, "clip"))
+    activations = {type(m).__name__ for m in metric.model.modules() if "GELU" in type(m).__name__}
+    assert calls == [("ViT-L-14", "openai")] and activations == {"QuickGELU"}
+    gelu = real("ViT-L-14", pretrained=None, device="meta")[0]  # what open_clip builds when not told
+    assert {type(m).__name__ for m in gelu.modules() if "GELU" in type(m).__name__} == {"GELU"}

@@ -87,3 +87,24 @@ def test_target_counts_on_real_configs_match_the_paper(name, counts):
 
     targets = crdiff.target_modules(random_unet(name, meta=True))
     assert {g: sum(m.weight.numel() for m in mods.values()) for g, mods in targets.items()} == counts
+
+
+def test_pipelines_load_without_their_safety_checker(tmp_path):
+    """A pipeline saved with a (tiny) safety checker, as SD1.5's: the checker is not loaded, so no image
+    is blackened before scoring."""
+    import json
+
+    from diffusers import DiffusionPipeline, StableDiffusionPipeline
+    from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
+    from transformers import CLIPConfig, CLIPImageProcessor
+
+    tiny = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4}
+    checker = StableDiffusionSafetyChecker(CLIPConfig(text_config=tiny, vision_config={**tiny, "image_size": 32,
+                                                      "patch_size": 8}, projection_dim=16))
+    parts = {k: v for k, v in build("sd15").components.items() if k not in ("safety_checker", "feature_extractor")}
+    pipe = StableDiffusionPipeline(**parts, safety_checker=checker, feature_extractor=CLIPImageProcessor(),
+                                   requires_safety_checker=True)
+    pipe.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "model_index.json").read_text())["safety_checker"][1] == "StableDiffusionSafetyChecker"
+    assert DiffusionPipeline.from_pretrained(tmp_path).safety_checker is not None  # diffusers' default
+    assert load_pipeline(str(tmp_path)).safety_checker is None

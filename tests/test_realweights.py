@@ -100,7 +100,7 @@ def test_metric_declarations_are_looked_up_in_the_caches(hub, tmp_path):
 
 def test_table_a_offline_exits_2_with_one_line_per_missing_piece(tmp_path):
     env = {**ENV, "HF_HUB_CACHE": str(tmp_path / "hub"), "TORCH_HOME": str(tmp_path / "torch")}
-    done = subprocess.run([sys.executable, "-m", "crdiff.run", "experiment=table_a_sdxl", f"output_dir={tmp_path}"],
+    done = subprocess.run([sys.executable, "-m", "crdiff.run", "experiment=table_a", "model=sdxl", f"output_dir={tmp_path}"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     lines = [line for line in done.stderr.splitlines() if line.startswith("crdiff")]  # (Hydra may warn too)
     assert done.returncode == 2 and "Traceback" not in done.stderr
@@ -109,7 +109,7 @@ def test_table_a_offline_exits_2_with_one_line_per_missing_piece(tmp_path):
     assert len(lines) == 10
     assert "scripts/prepare_coco5k.py" in lines[0]
     assert lines[1].startswith("crdiff: error: model sdxl: stabilityai/stable-diffusion-xl-base-1.0 (fp16)")
-    assert all("python scripts/prefetch_weights.py experiment=table_a_sdxl" in line for line in lines[1:])
+    assert all("python scripts/prefetch_weights.py experiment=table_a model=sdxl" in line for line in lines[1:])
     assert "hf download stabilityai/stable-diffusion-xl-base-1.0" in lines[1] and "huggingface-cli" not in done.stderr
     assert not (tmp_path / "images").exists()
 
@@ -142,8 +142,8 @@ def test_plan_of_every_table_lists_jobs_and_totals_without_loading_weights(monke
 
     for cls in (diffusers.DiffusionPipeline, diffusers.ModelMixin, transformers.PreTrainedModel):
         monkeypatch.setattr(cls, "from_pretrained", classmethod(refuse))
-    for experiment, jobs in (("table_a_sdxl", 6), ("table_a_sd15", 6), ("table_a_sd21", 6), ("table_b", 6)):
-        runs = planner.compose_runs([f"experiment={experiment}", "prompts.limit=5000", f"output_dir={tmp_path}"])
+    for experiment, jobs in (("table_a", 18), ("table_a model=sd15", 6), ("table_b", 6)):
+        runs = planner.compose_runs([*f"experiment={experiment}".split(), "prompts.limit=5000", f"output_dir={tmp_path}"])
         text = planner.report(runs, reachable=False)
         assert text.count("\n") > jobs and f"total: {jobs * 5000} images ({jobs * 5000} to generate)" in text
         assert "GPU-hours on NVIDIA H200 -- an estimate" in text and "missing: model" in text

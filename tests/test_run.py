@@ -51,12 +51,17 @@ def test_every_experiment_composes(experiment):
     ("sdxl", ["512x512", "400x560", "480x360"]), ("sd15", ["400x560", "480x360", "768x768"]),
     ("sd21", ["400x560", "480x360", "768x768"]),
 ])
-def test_table_experiments_use_the_papers_resolutions(model, unseen):
-    run = compose_run(f"experiment=table_a_{model}")
+def test_table_experiments_use_the_papers_resolutions_and_refs_settings(model, unseen):
+    run = compose_run("experiment=table_a", f"model={model}")
     assert run.model.name == model and run.model.dtype == "fp16"
     assert [(s, str(r)) for s, r in run.resolutions.selected()] == [("unseen", u) for u in unseen]
     b = compose_run("experiment=table_b", f"model={model}")
     assert [str(r) for _, r in b.resolutions.selected()] == ["1024x1024" if model == "sdxl" else "512x512"]
+    for table in (run, b):  # REF's CR-Diff inference script where the paper is silent; searched ratios
+        s = table.sampler
+        assert (s.steps, s.negative_prompt, s.seed, s.guidance, s.scheduler) == (30, None, 42, 7.5, None)
+        assert table.pruning.searched and table.metrics.names == ["fid", "kid", "clip", "image_reward",
+                                                                  "pickscore", "aesthetic"]
 
 
 def test_sweeps_and_launchers_compose():
@@ -64,7 +69,8 @@ def test_sweeps_and_launchers_compose():
     assert "amplify.k" in cfg.hydra.sweeper.params
     assert cfg.hydra.launcher._target_.endswith("SlurmLauncher") and cfg.hydra.launcher.gpus_per_node == 1
     assert compose_cfg("hydra/launcher=joblib_cpu", hydra_config=True).hydra.launcher.n_jobs == 2
-    assert compose_cfg("experiment=table_b", hydra_config=True).hydra.sweeper.params.model == "sdxl,sd15,sd21"
+    for table in ("table_a", "table_b"):  # one file per table, a sweep over the paper's models
+        assert compose_cfg(f"experiment={table}", hydra_config=True).hydra.sweeper.params.model == "sdxl,sd15,sd21"
 
 
 def test_run_key_ignores_speed_only_settings():

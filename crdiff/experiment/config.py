@@ -57,9 +57,15 @@ class PruningConfig:
     # model's training resolution, give each layer's input-feature norms (crdiff.calibration)
     calibration_prompts: int = 8
     calibration_steps: int = 4
+    # per resolution: the ratios of the preset searched_<model>_<HxW> if one is on preset_path, else
+    # `ratios` (crdiff.experiment.presets); preset_path null: <output_dir>/presets/pruning, then conf/pruning
+    searched: bool = False
+    preset_path: list[str] | None = None
 
     def __post_init__(self) -> None:
         _choice("pruning.kind", self.kind, ("blockwise", "uniform", "none"))
+        if self.searched and self.kind != "blockwise":
+            raise ValueError(f"pruning.searched takes block-wise presets; pruning.kind is {self.kind!r}")
         _choice("pruning.criterion", self.criterion, CRITERIA)
         if self.model_kind is not None:
             _choice("pruning.model_kind", self.model_kind, ("unet", "dit"))
@@ -112,7 +118,7 @@ class SamplerConfig:
     scheduler: str | None = None  # None: the pipeline's own default (as REF)
     steps: int = 30
     guidance: float = 7.5
-    negative_prompt: str = ""
+    negative_prompt: str | None = ""  # None: no negative prompt (REF's CR-Diff script); not the same as ""
     seed: int = 0
     batch_size: int = 4  # speed only: not part of the run key
 
@@ -287,11 +293,11 @@ class RunConfig:
         kwargs = {k: (groups[k](**v) if k in groups else v) for k, v in d.items() if k in known}
         return cls(**kwargs)
 
-    def method(self, name: str) -> CRDiffConfig | None:
-        """The CR-Diff settings of a pruning-based method (None for dense and the others)."""
+    def method(self, name: str, resolution: Resolution | None = None) -> CRDiffConfig | None:
+        """The CR-Diff settings of a pruning-based method at `resolution` (None for dense and the others)."""
         from crdiff.experiment.methods import pruning_settings
 
-        return pruning_settings(self, name)
+        return pruning_settings(self, name, resolution)
 
     def check_output_dir(self) -> Path:
         """Create the output folder (or fail clearly) before any heavy work."""

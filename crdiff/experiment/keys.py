@@ -21,6 +21,8 @@ EXCLUDED = frozenset({
     "RunConfig.device", "RunConfig.output_dir", "RunConfig.experiment", "RunConfig.task", "RunConfig.methods",
     "RunConfig.wandb", "RunConfig.lease_min",
     "SamplerConfig.batch_size",
+    # act through the ratios they resolve per resolution, and those join the key (crdiff.experiment.presets)
+    "PruningConfig.searched", "PruningConfig.preset_path",
     "AmplifyConfig.batched", "CRDiffConfig.batched",
     "AmplifyConfig.weights", "CRDiffConfig.weights", "AmplifyConfig.memory_budget_gib", "CRDiffConfig.memory_budget_gib",
     "MetricsConfig.batch_size",
@@ -29,7 +31,7 @@ EXCLUDED = frozenset({
 })
 # Bump when a metric's definition changes (preprocessing, feature layer, reference statistics): result
 # rows keyed before then are recomputed instead of mixed with new ones.
-METRICS_VERSION = 1
+METRICS_VERSION = 2  # 2: CLIP score on QuickGELU for OpenAI weights (issue 12)
 
 
 def semantic(value: Any) -> Any:

@@ -26,6 +26,7 @@ from crdiff.models import MODELS, Resolution
 from crdiff.pruning import GROUPS
 
 METHODS = ("dense", "crdiff", "bwp", "uniform", "random_mask", "wanda", "freeu", "entropy", "native_resize")
+PRUNED = ("crdiff", "bwp", "uniform", "random_mask", "wanda")  # the methods that prune at `pruning`'s ratios
 # FreeU's published values (s1, s2, b1, b2); SD1.5 as in diffusers' docs, SD2.1 / SDXL from the FreeU authors.
 # The miniature (digits) is an SD1.5-class UNet: it takes SD1.5's values (not tuned for it).
 FREEU = {"sd15": (0.9, 0.2, 1.5, 1.6), "sd21": (0.9, 0.2, 1.4, 1.6), "sdxl": (0.9, 0.2, 1.3, 1.4),
@@ -36,23 +37,26 @@ ENTROPY_HOOK = "crdiff_entropy_scaling"
 NATIVE_MULTIPLE = 64
 
 
-def pruning_settings(run, name: str) -> CRDiffConfig | None:
-    """The CR-Diff settings behind a pruning-based method (None for the others)."""
+def pruning_settings(run, name: str, resolution: Resolution | None = None) -> CRDiffConfig | None:
+    """The CR-Diff settings behind a pruning-based method at `resolution` (None for the others); the
+    ratios are that resolution's searched preset under `pruning.searched` (crdiff.experiment.presets)."""
+    from crdiff.experiment.presets import ratios_at
+
     p, a = run.pruning, run.amplify
     t, hold = p.targets, {"weights": a.weights, "memory_budget_gib": a.memory_budget_gib}
+    if name not in PRUNED:
+        return None
+    ratios = ratios_at(run, resolution)[0]
     if name == "crdiff":
-        return CRDiffConfig(p.ratios, a.k, p.criterion, p.seed, a.batched, t, **hold)
+        return CRDiffConfig(ratios, a.k, p.criterion, p.seed, a.batched, t, **hold)
     if name == "bwp":
-        return CRDiffConfig(p.ratios, 1.0, p.criterion, p.seed, a.batched, t, **hold)
+        return CRDiffConfig(ratios, 1.0, p.criterion, p.seed, a.batched, t, **hold)
     if name == "uniform":
         ratio = run.baselines.uniform_ratio
-        ratio = sum(p.ratios.values()) / len(GROUPS) if ratio is None else ratio
+        ratio = sum(ratios.values()) / len(GROUPS) if ratio is None else ratio
         return CRDiffConfig({g: ratio for g in GROUPS}, a.k, p.criterion, p.seed, a.batched, t, **hold)
-    if name == "random_mask":
-        return CRDiffConfig(p.ratios, a.k, "random", p.seed, a.batched, t, **hold)
-    if name == "wanda":
-        return CRDiffConfig(p.ratios, a.k, "wanda", p.seed, a.batched, t, **hold)
-    return None
+    criterion = "random" if name == "random_mask" else "wanda"
+    return CRDiffConfig(ratios, a.k, criterion, p.seed, a.batched, t, **hold)
 
 
 def freeu_values(run) -> tuple[float, float, float, float]:
@@ -64,9 +68,9 @@ def freeu_values(run) -> tuple[float, float, float, float]:
     return FREEU[kind]
 
 
-def settings(run, name: str) -> dict[str, Any]:
+def settings(run, name: str, resolution: Resolution | None = None) -> dict[str, Any]:
     """Everything method `name` reads from the run besides model, sampler and prompts (for its run key)."""
-    crd = pruning_settings(run, name)
+    crd = pruning_settings(run, name, resolution)
     if crd is not None:
         return {"crdiff": crd, "calibration": calibration_key(run) if crd.criterion == "wanda" else None}
     if name == "freeu":
@@ -126,7 +130,7 @@ def calibrate(pipe, run) -> dict[str, torch.Tensor]:
 
 def apply(pipe, run, name: str, resolution: Resolution) -> None:
     """Put `pipe` in method `name` for images of `resolution` (after `remove`)."""
-    crd = pruning_settings(run, name)
+    crd = pruning_settings(run, name, resolution)
     if crd is not None:
         run.pruning.check_model(denoiser_of(pipe))
         apply_crdiff(pipe, config=crd, activations=calibrate(pipe, run) if crd.criterion == "wanda" else None)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import io
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +91,12 @@ def trials_csv(state: SearchState) -> bytes:
     return buffer.getvalue().encode()
 
 
+def trial_step(trial: dict[str, Any], state: SearchState) -> dict[str, Any]:
+    """One W&B step per trial: its ratios (and k), score, temperature, and the best so far."""
+    return {**{k: trial[k] for k in ("iteration", "down", "mid", "up", "k", "score", "temperature", "cached")
+               if k in trial}, "best_score": state.best_score, **{f"best_{k}": v for k, v in state.best.items()}}
+
+
 def write_preset(run: RunConfig, state: SearchState, resolutions: list[Resolution], device: str) -> Path:
     """<output_dir>/presets/pruning/<name>.yaml (or under search.preset_root): experiments select it with
     pruning=<name>, found through the Hydra search path (conf/config.yaml adds <output_dir>/presets)."""
@@ -131,15 +137,20 @@ def run_search(run: RunConfig) -> dict[str, Any]:
         metric = build_metric(run.search.metric, tiny=run.metrics.tiny, device=device)
         objective = Objective(pipe, prompts, ranks.shard(list(range(len(prompts)))), resolutions, run, metric,
                               MagnitudeIndex(denoiser_of(pipe), run.pruning.targets))
-        tracker = Tracker(run.wandb, {"search": str(folder)}, f"search-{run.model.name}", run.output_dir) \
-            if ranks.is_main else None
+        config = {**asdict(run), "search_dir": str(folder), "search_resolutions": [str(r) for r in resolutions]}
+        tracker = Tracker(run.wandb, config, f"search-{run.model.name}", run.output_dir) if ranks.is_main else None
+
+        state_file = folder / "state.json"
+        logged = [len(SearchState.load(state_file).history) if state_file.exists() else 0]  # by an earlier run
 
         def on_trial(state: SearchState) -> None:
             if ranks.is_main:
                 atomic.write_bytes(folder / "trials.csv", trials_csv(state))
-                tracker.log({**state.history[-1], "best_score": state.best_score})
+                for trial in state.history[logged[0]:]:  # the last checkpoint adds no trial; a restart two
+                    tracker.log(trial_step(trial, state))
+                logged[0] = len(state.history)
 
-        state = anneal(objective, run.search.settings(), folder / "state.json", on_trial, save=ranks.is_main)
+        state = anneal(objective, run.search.settings(), state_file, on_trial, save=ranks.is_main)
         result = {"best": state.best, "best_score": state.best_score, "iterations": state.iteration,
                   "folder": str(folder)}
         if ranks.is_main:
@@ -147,7 +158,7 @@ def run_search(run: RunConfig) -> dict[str, Any]:
         if run.search.compare:
             result["comparison"] = compare(objective, state, folder, ranks)
         if tracker:
-            tracker.log({"best_score": state.best_score, **{f"best_{k}": v for k, v in state.best.items()}})
+            tracker.summarize({"best_score": state.best_score, **{f"best_{k}": v for k, v in state.best.items()}})
             tracker.finish()
         ranks.barrier()
         return result

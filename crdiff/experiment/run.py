@@ -19,7 +19,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from crdiff.experiment import distributed, hardware
+from crdiff.experiment import checks, distributed, hardware, presets
 from crdiff.experiment.claims import Claims
 from crdiff.experiment.config import RunConfig
 from crdiff.models import MODELS, Resolution
@@ -68,12 +68,14 @@ def plan(run: RunConfig) -> Plan:
     if run.model.name in MODELS:
         for _, res in run.resolutions.selected():
             MODELS[run.model.name].check(res)
+    presets.report(run, [res for _, res in run.resolutions.selected()])
     jobs = []
     for method in run.methods:
-        images_key = run_key(model=run.model, sampler=run.sampler, prompts=prompt_key, method=method,
-                             settings=methods.settings(run, method))
-        images = out / "images" / run.model.name.replace("/", "--") / f"{method}-{images_key}"
         for setting, res in run.resolutions.selected():
+            # per resolution: under pruning.searched each resolution has its own ratios
+            images_key = run_key(model=run.model, sampler=run.sampler, prompts=prompt_key, method=method,
+                                 settings=methods.settings(run, method, res))
+            images = out / "images" / run.model.name.replace("/", "--") / f"{method}-{images_key}"
             key = run_key(images=images_key, resolution=str(res), metrics=run.metrics, metrics_version=METRICS_VERSION)
             jobs.append(Job(method, setting, res, key, images / str(res)))
     return Plan(run, prompts, jobs, out)
@@ -211,7 +213,8 @@ def score_all(p: Plan, ranks: distributed.Ranks, device: str) -> dict[str, dict[
 def row(p: Plan, job: Job, prov: dict[str, Any], scores: dict[str, float]) -> dict[str, Any]:
     from crdiff.experiment.sampling import cost
 
-    crd, rule = p.run.method(job.method), methods.drawing_rule(p.run, job.method)
+    crd, rule = p.run.method(job.method, job.resolution), methods.drawing_rule(p.run, job.method)
+    _, ratios_source, preset = presets.ratios_at(p.run, job.resolution)
     return {
         "experiment": p.run.experiment, "model": p.run.model.name, "dtype": p.run.model.dtype,
         "source": p.run.model.weights().where,  # the weights behind the label: hub id[@revision] (variant) or folder
@@ -220,15 +223,26 @@ def row(p: Plan, job: Job, prov: dict[str, Any], scores: dict[str, float]) -> di
         "prompts": p.prompts.name, "prompts_digest": p.prompts.digest(), "n_images": len(p.prompts),
         "k": None if crd is None else crd.k, "criterion": None if crd is None else crd.criterion,
         **{f"ratio_{g}": None if crd is None else crd.ratios[g] for g in GROUPS},
+        "ratios_source": None if crd is None else ratios_source, "preset": None if crd is None else preset,
         "steps": p.run.sampler.steps, "guidance": p.run.sampler.guidance, "seed": p.run.sampler.seed,
         "scheduler": p.run.sampler.scheduler, "image_dir": str(job.folder),
         # cost: denoiser passes and wall seconds per image as measured when the images were made
         "drawn_at": str(rule.size(job.resolution) if rule else job.resolution),
         **cost(job.folder, list(range(len(p.prompts)))),
-        "preprocessing": p.run.metrics.preprocessing, "provenance": prov, "metrics": scores,
+        "preprocessing": p.run.metrics.preprocessing, **checks.count(job.folder, len(p.prompts)),
+        "provenance": prov, "metrics": scores,
         # how rank 0 held the pruned weights (amplify.weights resolved); kept from the last run that generated
         "weights": p.weights[job.key] if job.key in p.weights else existing_row(p, job).get("weights"),
     }
+
+
+def summary_scalars(result: dict[str, Any]) -> dict[str, float]:
+    """`<metric>/<method>/<HxW>` (and the image counts, the ratios used) of one row, for the W&B summary:
+    the runs of a sweep then plot metric vs the config value in a W&B panel without reading tables."""
+    cell = f"{result['method']}/{result['resolution']}"
+    values = {**result["metrics"], **{name: result[name] for name in ("nan_images", "black_images", "constant_images",
+                                                                       *(f"ratio_{g}" for g in GROUPS))}}
+    return {f"{name}/{cell}": value for name, value in values.items() if value is not None}
 
 
 def finalize(p: Plan, device: str, counts: dict[str, int], scores: dict[str, dict[str, float]]):
@@ -237,9 +251,12 @@ def finalize(p: Plan, device: str, counts: dict[str, int], scores: dict[str, dic
     from crdiff.experiment.tracking import Tracker
 
     tracker = Tracker(p.run.wandb, asdict(p.run), f"{p.run.experiment}-{p.run.model.name}", str(p.output_dir))
-    grids, prov = {}, provenance(device)
+    grids, prov, summary = {}, provenance(device), {}
     for job in p.jobs:
-        write_row(p.output_dir / "results", job.key, row(p, job, prov, scores[job.key]))
+        result = row(p, job, prov, scores[job.key])
+        checks.warn(result)
+        write_row(p.output_dir / "results", job.key, result)
+        summary |= summary_scalars(result)
         image = grid(job.folder, list(range(min(16, len(p.prompts)))))
         if image is not None:
             path = p.output_dir / "grids" / f"{job.method}_{job.resolution}_{job.key}.png"
@@ -251,6 +268,7 @@ def finalize(p: Plan, device: str, counts: dict[str, int], scores: dict[str, dic
         if len(rows) > 1:
             sheet(rows).save(p.output_dir / "grids" / f"methods_{'_'.join(p.run.methods)}_{res}.png")
     table = load_table(p.output_dir).set_index("key").loc[[j.key for j in p.jobs]].reset_index()
+    tracker.summarize(summary)
     tracker.log(counts)
     tracker.log_images(grids)
     tracker.log_table("results", table)

@@ -20,10 +20,12 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 
 from crdiff.amplify import denoiser_of
+from crdiff.experiment.checks import flag
 from crdiff.experiment.config import SamplerConfig
 from crdiff.experiment.results import device_name
 from crdiff.models import Resolution
@@ -64,8 +66,8 @@ def is_done(folder: Path, prompts: PromptSet, index: int, seed: int) -> bool:
     if not (image.exists() and meta.exists()):
         return False
     try:
-        want = image_meta(prompts, index, seed)
-        if {k: v for k, v in json.loads(meta.read_text()).items() if k != "cost"} != want:
+        want, stored = image_meta(prompts, index, seed), json.loads(meta.read_text())
+        if {k: stored.get(k) for k in want} != want:  # beside the identity: flag (checks.py) and cost
             log.warning("%s: metadata does not match this run; regenerating", meta)
             return False
         with Image.open(image) as im:
@@ -101,24 +103,37 @@ def denoiser_passes(pipe) -> Iterator[list[int]]:
         handle.remove()
 
 
-def draw(pipe, prompts: PromptSet, indices: list[int], resolution: Resolution, sampler: SamplerConfig,
-         native: NativeRule | None = None) -> list:
-    """The images `indices` of `prompts` (PIL), in batches of `sampler.batch_size`, seeds `seed + i`;
-    with a `native` rule, drawn at its bucket and resized to `resolution` (crdiff.native)."""
+def decode(pipe, prompts: PromptSet, indices: list[int], resolution: Resolution, sampler: SamplerConfig,
+           native: NativeRule | None = None) -> list:
+    """The images `indices` of `prompts` as decoded (float HxWxC in [0, 1], NaN kept), in batches of
+    `sampler.batch_size`, seeds `seed + i`; with a `native` rule, drawn at its bucket and fit to `resolution`."""
     images = []
     for start in range(0, len(indices), sampler.batch_size):
         batch = indices[start : start + sampler.batch_size]
+        # None (REF's CR-Diff script): no negative prompt; SDXL then zeroes the negative embedding, "" encodes it
+        negative = None if sampler.negative_prompt is None else [sampler.negative_prompt] * len(batch)
         call = dict(
-            prompt=[prompts.prompts[i] for i in batch],
-            negative_prompt=[sampler.negative_prompt] * len(batch),
+            prompt=[prompts.prompts[i] for i in batch], negative_prompt=negative,
             num_inference_steps=sampler.steps, guidance_scale=sampler.guidance,
-            generator=[torch.Generator("cpu").manual_seed(sampler.seed + i) for i in batch],
+            generator=[torch.Generator("cpu").manual_seed(sampler.seed + i) for i in batch], output_type="np",
         )
         if native is None:
-            images += pipe(height=resolution.height, width=resolution.width, **call).images
+            images += list(pipe(height=resolution.height, width=resolution.width, **call).images)
         else:
             images += native_resize(pipe, resolution, native, **call)
     return images
+
+
+def to_pil(pixels: np.ndarray) -> Image.Image:
+    """What the pipeline's `output_type="pil"` returns for the same array (diffusers' numpy_to_pil)."""
+    with np.errstate(invalid="ignore"):  # NaN becomes 0; checks.flag has recorded it
+        return Image.fromarray((pixels * 255).round().astype("uint8"))
+
+
+def draw(pipe, prompts: PromptSet, indices: list[int], resolution: Resolution, sampler: SamplerConfig,
+         native: NativeRule | None = None) -> list:
+    """The images `indices` of `prompts` (PIL), in batches of `sampler.batch_size`, seeds `seed + i`."""
+    return [to_pil(pixels) for pixels in decode(pipe, prompts, indices, resolution, sampler, native)]
 
 
 def generate(
@@ -131,15 +146,15 @@ def generate(
         batch = indices[start : start + sampler.batch_size]
         began = time.perf_counter()
         with denoiser_passes(pipe) as passes:
-            images = draw(pipe, prompts, batch, resolution, sampler, native)
+            decoded = decode(pipe, prompts, batch, resolution, sampler, native)
         seconds = (time.perf_counter() - began) / len(batch)
         cost = {"denoiser_calls": passes[0] / len(batch), "seconds": seconds, "device": device}
-        for i, image in zip(batch, images):
+        for i, pixels in zip(batch, decoded):
             buffer = io.BytesIO()
-            image.save(buffer, format="PNG")
+            to_pil(pixels).save(buffer, format="PNG")
             atomic.write_bytes(image_path(folder, i), buffer.getvalue())
-            # written last: "done"
-            atomic.write_json(meta_path(folder, i), {**image_meta(prompts, i, sampler.seed), "cost": cost})
+            meta = {**image_meta(prompts, i, sampler.seed), "flag": flag(pixels), "cost": cost}
+            atomic.write_json(meta_path(folder, i), meta)  # written last: "done"
         progress(len(batch))
     return len(indices)
 

@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 
 
 def metric_options(cfg: MetricsConfig, name: str) -> dict:
-    """The constructor options of metric `name` (the tiny CLIP stand-in takes none)."""
+    """The settings of `cfg` that metric `name` is built with (the stand-in CLIP has its own architecture)."""
     options = {"clip": {"arch": cfg.clip_arch, "pretrained": cfg.clip_pretrained},
                "kid": {"subset_size": cfg.kid_subset_size}}
     return {} if cfg.tiny and name == "clip" else options.get(name, {})

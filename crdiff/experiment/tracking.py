@@ -37,6 +37,10 @@ class Tracker:
     def log(self, data: dict[str, Any]) -> None:
         self._safe(lambda: self.run.log(data))
 
+    def summarize(self, data: dict[str, Any]) -> None:
+        """Summary scalars: one value per name for the whole run (what W&B panels plot across runs)."""
+        self._safe(lambda: self.run.summary.update(data))
+
     def log_images(self, images: dict[str, Any]) -> None:
         import wandb
 

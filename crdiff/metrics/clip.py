@@ -26,7 +26,8 @@ class CLIPScore(MeanScore):
             import open_clip
 
             try:
-                model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=pretrained)
+                model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=pretrained, device=device,
+                                                                             **trained_activation(arch, pretrained))
             except Exception as err:  # noqa: BLE001 - any download failure means the same fix
                 raise unavailable(f"open_clip {arch} ({pretrained})", err) from None
             tokenizer = open_clip.get_tokenizer(arch)
@@ -63,6 +64,15 @@ class CLIPScore(MeanScore):
         image = self.model.encode_image(pixels)
         text = self.model.encode_text(self.tokenizer(prompts).to(self.device))
         return F.cosine_similarity(image.float(), text.float(), dim=-1)
+
+
+def trained_activation(arch: str, pretrained: str | None) -> dict[str, bool]:
+    """`force_quick_gelu` when the weights were trained with QuickGELU (OpenAI's CLIPs): open_clip 3.x
+    builds `ViT-L-14` with GELU even for `pretrained="openai"` and only warns, which shifts every score."""
+    import open_clip
+
+    trained = open_clip.get_pretrained_cfg(arch, pretrained) if pretrained else {}
+    return {"force_quick_gelu": True} if trained.get("quick_gelu", False) else {}
 
 
 class PickScore(MeanScore):

@@ -20,6 +20,9 @@ METRICS = {
 # cost per image (crdiff.experiment.sampling.cost), shown after the metrics and never marked better
 # or worse: denoiser passes counted while drawing, wall seconds measured on the device the rows name
 COST = {"denoiser_calls": ("calls/img", "{:.0f}"), "seconds_per_image": ("s/img", "{:.3f}")}
+# image counts shown beside the metrics (crdiff.experiment.checks): NaN + black + constant images of a cell
+COUNTS = {"flagged_images": ("NaN/black/constant↓", False)}
+COLUMNS = {**METRICS, **COUNTS}
 MODEL_ORDER = ["sdxl", "sd15", "sd21"]
 PAPER_CSV = Path(__file__).resolve().parents[2] / "results" / "paper" / "tables_paper.csv"
 
@@ -37,8 +40,11 @@ LABELS = {"dense": "dense", "crdiff": "CR-Diff"}
 
 def long_form(rows: pd.DataFrame, methods: tuple[str, ...] = PAPER_METHODS) -> pd.DataFrame:
     """One line per (model, setting, resolution, method, metric, value) from result rows."""
-    metrics = [m for m in (*METRICS, *COST) if m in rows.columns]
     keep = rows[rows.method.isin(methods)]
+    flags = [f"{f}_images" for f in ("nan", "black", "constant")]
+    if all(f in keep for f in flags):
+        keep = keep.assign(flagged_images=keep[flags].sum(axis=1, min_count=1))
+    metrics = [m for m in (*COLUMNS, *COST) if m in keep.columns]
     if "resolution" not in keep:
         keep = keep.assign(resolution=keep.height.astype(str) + "x" + keep.width.astype(str))
     return keep.melt(id_vars=["model", "setting", "resolution", "method"], value_vars=metrics,
@@ -51,7 +57,7 @@ def paper_table(rows: pd.DataFrame, setting: str, methods: tuple[str, ...] = PAP
     data = long_form(rows[rows.setting == setting], methods)
     table = data.pivot_table(index=["model", "resolution"], columns=["metric", "method"], values="value",
                              aggfunc="first")
-    metrics = [m for m in (*METRICS, *COST) if m in table.columns.get_level_values(0)]
+    metrics = [m for m in (*COLUMNS, *COST) if m in table.columns.get_level_values(0)]
     table = table.reindex(columns=pd.MultiIndex.from_product([metrics, list(methods)]))
     # models in the paper's order, resolutions in the order the rows list them (the config's order)
     models = sorted(data.model.unique(), key=lambda m: MODEL_ORDER.index(m) if m in MODEL_ORDER else len(MODEL_ORDER))
@@ -66,7 +72,7 @@ def better_mask(table: pd.DataFrame) -> pd.DataFrame:
         if metric in COST:
             continue
         values = table[metric]
-        best = values.max(axis=1) if METRICS[metric][1] else values.min(axis=1)
+        best = values.max(axis=1) if COLUMNS[metric][1] else values.min(axis=1)
         for method in values.columns:
             mask[(metric, method)] = values[method] == best
     return mask
@@ -76,10 +82,13 @@ def _formatted(table: pd.DataFrame, mark: str) -> pd.DataFrame:
     marks = better_mask(table)
     text = table.copy().astype(object)
     for col in table.columns:
-        form = COST[col[0]][1] if col[0] in COST else "{:.3f}"
-        values = ["" if pd.isna(v) else form.format(v) for v in table[col]]
-        text[col] = [mark.format(t) if m and t else t for t, m in zip(values, marks[col])]
-    text.columns = [f"{(METRICS | COST)[m][0]} {LABELS.get(meth, meth)}" for m, meth in table.columns]
+        if col[0] in COST or col[0] in COUNTS:  # cost and counts: their own format, no "better" mark
+            form = COST[col[0]][1] if col[0] in COST else "{:.0f}"
+            text[col] = ["" if pd.isna(v) else form.format(v) for v in table[col]]
+        else:
+            text[col] = [mark.format(t) if m and t else t for t, m in
+                         zip(["" if pd.isna(v) else f"{v:.3f}" for v in table[col]], marks[col])]
+    text.columns = [f"{(COLUMNS | COST)[m][0]} {LABELS.get(meth, meth)}" for m, meth in table.columns]
     return text.reset_index()
 
 
