@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -312,6 +313,9 @@ def cli() -> None:
     from crdiff.experiment import schemas
 
     schemas.register()
+    # <output_dir>/presets is on the search path for presets a search writes; before the first search it
+    # does not exist yet, which is normal, not worth a warning on every run
+    warnings.filterwarnings("ignore", message=r"provider=hydra\.searchpath in main, path=.*presets is not available")
 
     @hydra.main(version_base="1.3", config_path=str(Path(__file__).resolve().parents[2] / "conf"),
                 config_name="config")
