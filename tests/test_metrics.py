@@ -180,3 +180,27 @@ def test_the_paper_configuration_builds_clip_with_quickgelu(monkeypatch):
     assert calls == [("ViT-L-14", "openai")] and activations == {"QuickGELU"}
     gelu = real("ViT-L-14", pretrained=None, device="meta")[0]  # what open_clip builds when not told
     assert {type(m).__name__ for m in gelu.modules() if "GELU" in type(m).__name__} == {"GELU"}
+
+
+def test_the_reference_cache_is_used_only_when_every_rank_sees_it(tmp_path, monkeypatch):
+    """Node-local caches may differ: a rank that found no cache recomputes its share, so the others must
+    too (else the synced statistics count the reference twice and the ranks' collectives differ)."""
+    from crdiff.experiment import scoring
+    from crdiff.experiment.config import MetricsConfig
+    from crdiff.experiment.prompts import load_prompts
+    from test_run import reference_prompts
+
+    monkeypatch.setenv("CRDIFF_CACHE", str(tmp_path / "cache"))
+    prompts = load_prompts("csv", str(reference_prompts(tmp_path)), None, [])
+    cfg = MetricsConfig(names=["fid"], tiny=True)
+    metric = build_metric("fid", tiny=True)
+    cache = metric.cache_file(scoring.cache_dir() / "reference", f"{prompts.reference_digest()}-{cfg.preprocessing}")
+    stale = build_metric("fid", tiny=True)  # a cache of other pictures under the same name
+    stale.update_reference(random_images(4, 7))
+    stale.save_reference(cache)
+    scoring.load_reference(metric, cfg, prompts, [0, 1, 2, 3], True)  # one process: the cache it sees
+    cached = metric.metric.real_features_sum.clone()
+    assert torch.equal(cached, stale.metric.real_features_sum)
+    metric.reset()
+    scoring.load_reference(metric, cfg, prompts, [0, 1, 2, 3], True, everywhere=lambda found: False)
+    assert metric.pending_cache == cache and not torch.equal(metric.metric.real_features_sum, cached)

@@ -4,6 +4,7 @@ import pytest
 from test_run import compose_run
 
 from crdiff.experiment.run import execute, plan, row
+from crdiff.models import Resolution
 
 TABLE = ["experiment=smoke", "resolutions.sets=[unseen]", "pruning.searched=true"]  # tiny-sdxl: 40x72, 96x96
 
@@ -60,3 +61,27 @@ def test_table_a_runs_on_searched_presets_end_to_end(tmp_path):
     crd = table[table.method == "crdiff"].set_index("resolution")
     assert crd.loc["40x72", ["ratio_down", "ratio_mid", "ratio_up"]].tolist() == [0.5, 0.1, 0.2]
     assert crd.loc["96x96", "ratios_source"].startswith("fallback") and (table.seed == 42).all()
+
+
+def test_a_hub_id_search_writes_the_preset_pruning_searched_finds(tmp_path):
+    """The preset of `model=<org>/<name>` is one file `searched_<org>--<name>_<HxW>.yaml`, the name the
+    table side looks up (a '/' would put it in a subfolder nobody reads)."""
+    from crdiff.experiment import presets
+    from crdiff.experiment.ratio_search import write_preset
+    from crdiff.search import SearchState
+
+    run = compose_run(*TABLE, "model.name=my-org/my-sdxl", f"output_dir={tmp_path}")
+    best = {"down": 0.25, "mid": 0.35, "up": 0.45}
+    state = SearchState(best=best, best_score=1.0, history=[{"score": 0.5}])
+    path = write_preset(run, state, [Resolution(40, 72)], "cpu")
+    assert path == tmp_path / "presets" / "pruning" / "searched_my-org--my-sdxl_40x72.yaml"
+    assert presets.ratios_at(run, Resolution(40, 72)) == (best, "searched preset", str(path))
+
+
+def test_a_random_mask_preset_of_another_seed_is_refused(tmp_path):
+    (tmp_path / "searched_tiny-sdxl_96x96.yaml").write_text(
+        "criterion: random\nseed: 3\nratios: {down: 0.2, mid: 0.3, up: 0.4}\n")
+    args = (*TABLE, f"output_dir={tmp_path}", f"pruning.preset_path=[{tmp_path}]", "pruning.criterion=random")
+    assert compose_run(*args, "pruning.seed=3").method("crdiff", Resolution(96, 96)).ratios["down"] == 0.2
+    with pytest.raises(ValueError, match="searched with random masks of seed 3; pruning.seed is 0"):
+        compose_run(*args).method("crdiff", Resolution(96, 96))

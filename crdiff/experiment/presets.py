@@ -20,7 +20,7 @@ CONF = Path(__file__).resolve().parents[2] / "conf"
 SOURCES = ("searched preset", "fallback: pruning.ratios (no searched preset)", "pruning.ratios")
 
 
-def name(model: str, resolution: Resolution) -> str:
+def name(model: str, resolution: Resolution | str) -> str:
     """The preset a search of `model` at one `resolution` writes (ratio_search.write_preset's default)."""
     return f"searched_{model.replace('/', '--')}_{resolution}"
 
@@ -49,6 +49,9 @@ def read(path: Path, pruning) -> dict[str, float]:
     if found != ("blockwise", pruning.criterion, pruning.targets):
         raise ValueError(f"preset {path} has kind, criterion, targets = {found}; pruning.searched takes blockwise "
                          f"presets of pruning.criterion={pruning.criterion!r}, pruning.targets={pruning.targets}")
+    if pruning.criterion == "random" and preset.get("seed", 0) != pruning.seed:  # another seed, another mask
+        raise ValueError(f"preset {path} was searched with random masks of seed {preset.get('seed', 0)}; "
+                         f"pruning.seed is {pruning.seed}")
     return validate_ratios(preset["ratios"])
 
 

@@ -25,7 +25,9 @@ from crdiff.pruning import GROUPS, MagnitudeIndex
 from crdiff import atomic
 from crdiff.experiment.keys import run_key
 from crdiff.experiment.results import provenance
+from crdiff.experiment import presets
 from crdiff.experiment.sampling import draw, set_scheduler
+from crdiff.experiment.scoring import metric_options
 from crdiff.search import SearchState, anneal
 
 
@@ -100,7 +102,8 @@ def trial_step(trial: dict[str, Any], state: SearchState) -> dict[str, Any]:
 def write_preset(run: RunConfig, state: SearchState, resolutions: list[Resolution], device: str) -> Path:
     """<output_dir>/presets/pruning/<name>.yaml (or under search.preset_root): experiments select it with
     pruning=<name>, found through the Hydra search path (conf/config.yaml adds <output_dir>/presets)."""
-    name = run.search.preset_name or f"searched_{run.model.name}_{'_'.join(str(r) for r in resolutions)}"
+    # a hub id's "/" becomes "--", as in the name `pruning.searched` looks for (crdiff.experiment.presets)
+    name = run.search.preset_name or presets.name(run.model.name, "_".join(str(r) for r in resolutions))
     root = Path(run.search.preset_root) if run.search.preset_root else Path(run.output_dir) / "presets"
     ratios = {g: round(state.best[g], 4) for g in GROUPS}
     prov = provenance(device)
@@ -134,7 +137,8 @@ def run_search(run: RunConfig) -> dict[str, Any]:
     try:
         pipe = run.model.load(device)
         set_scheduler(pipe, run.sampler.scheduler)
-        metric = build_metric(run.search.metric, tiny=run.metrics.tiny, device=device)
+        metric = build_metric(run.search.metric, tiny=run.metrics.tiny, device=device,
+                              **metric_options(run.metrics, run.search.metric))
         objective = Objective(pipe, prompts, ranks.shard(list(range(len(prompts)))), resolutions, run, metric,
                               MagnitudeIndex(denoiser_of(pipe), run.pruning.targets))
         config = {**asdict(run), "search_dir": str(folder), "search_resolutions": [str(r) for r in resolutions]}

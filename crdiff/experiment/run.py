@@ -199,7 +199,10 @@ def score_all(p: Plan, ranks: distributed.Ranks, device: str) -> dict[str, dict[
     from crdiff.experiment.scoring import build_all, score_job
 
     scores = {job.key: existing_metrics(p, job) for job in p.jobs}
-    todo = [job for job in p.jobs if set(p.run.metrics.names) - set(scores[job.key])]
+    # every rank must score the same jobs (each score is a collective): a job is to do if any rank found
+    # its row incomplete (another job on this output_dir may write a shared row between two ranks' reads)
+    missing = ranks.all_sum([int(bool(set(p.run.metrics.names) - set(scores[job.key]))) for job in p.jobs])
+    todo = [job for job, n in zip(p.jobs, missing) if n]
     if not todo:
         return scores
     metrics = build_all(p.run.metrics, device)
@@ -207,7 +210,7 @@ def score_all(p: Plan, ranks: distributed.Ranks, device: str) -> dict[str, dict[
     reference = ranks.shard(list(range(len(p.prompts.image_paths or ()))))
     for job in tqdm(todo, desc="metrics", disable=not ranks.is_main):
         scores[job.key] = score_job(metrics, p.run.metrics, p.prompts, job.folder, mine, ranks.is_main, ranks.world,
-                                    reference)
+                                    reference, everywhere=lambda found: ranks.all_sum([int(found)])[0] == ranks.world)
     return scores
 
 

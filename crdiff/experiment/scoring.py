@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from PIL import Image
@@ -39,12 +39,13 @@ def _batches(paths: list[str], prompts: list[str], size: int, mode: str) -> Iter
 
 
 def load_reference(metric: ImageMetric, cfg: MetricsConfig, prompts: PromptSet, indices: list[int],
-                   is_main: bool) -> None:
+                   is_main: bool, everywhere: Callable[[bool], bool] = bool) -> None:
     """Real-image statistics: from the cache (rank 0 holds them, other ranks empty states), else
     computed over this rank's share `indices` of `prompts.image_paths` and cached from the synced
-    states by rank 0."""
+    states by rank 0. `everywhere(found)`: whether every rank found the cache (node-local caches may
+    differ; then all ranks recompute, so the synced statistics count the reference exactly once)."""
     cache = metric.cache_file(cache_dir() / "reference", f"{prompts.reference_digest()}-{cfg.preprocessing}")
-    if cache.exists():
+    if everywhere(cache.exists()):
         metric.load_reference(cache, share=is_main)
         return
     paths = [prompts.image_paths[i] for i in indices]
@@ -54,16 +55,18 @@ def load_reference(metric: ImageMetric, cfg: MetricsConfig, prompts: PromptSet, 
 
 
 def score_job(metrics: dict[str, ImageMetric], cfg: MetricsConfig, prompts: PromptSet, folder: Path,
-              indices: list[int], is_main: bool, world: int, reference: list[int] | None = None) -> dict[str, float]:
+              indices: list[int], is_main: bool, world: int, reference: list[int] | None = None,
+              everywhere: Callable[[bool], bool] = bool) -> dict[str, float]:
     """Scores of one job's images; every rank calls this with its own `indices` (a disjoint share of
-    the prompts) and `reference` (its share of the reference images; default: `indices`)."""
+    the prompts) and `reference` (its share of the reference images; default: `indices`);
+    `everywhere`: see `load_reference`."""
     values = {}
     for name, metric in metrics.items():
         metric.reset()
         if name == "kid":  # subsets cannot be larger than the image sets
             metric.metric.subset_size = min(cfg.kid_subset_size, len(prompts))
         if metric.needs_reference:
-            load_reference(metric, cfg, prompts, indices if reference is None else reference, is_main)
+            load_reference(metric, cfg, prompts, indices if reference is None else reference, is_main, everywhere)
         paths = [str(image_path(folder, i)) for i in indices]
         for images, texts in _batches(paths, [prompts.prompts[i] for i in indices], cfg.batch_size,
                                       cfg.preprocessing):

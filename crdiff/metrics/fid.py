@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from crdiff import atomic
 from crdiff.metrics.base import ImageMetric, states_on_cpu, unavailable
 from crdiff.weights import UrlFile
 
@@ -66,9 +67,9 @@ class _FeatureMetric(ImageMetric):
         return Path(cache_dir) / f"{self.name}-real-{key}.pt"
 
     def save_reference(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         states = {s: getattr(self.metric, s) for s in self.real_states}
-        torch.save({s: (torch.cat(v) if isinstance(v, list) else v).cpu() for s, v in states.items()}, path)
+        states = {s: (torch.cat(v) if isinstance(v, list) else v).cpu() for s, v in states.items()}
+        atomic.write_with(path, lambda tmp: torch.save(states, tmp))  # another rank or job may be reading it
 
     def load_reference(self, path: Path, share: bool = True) -> None:
         """Load cached real states; `share=False` (ranks other than 0) loads empty ones of the same
