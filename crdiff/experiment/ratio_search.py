@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from crdiff.experiment import distributed
-from crdiff.amplify import apply_crdiff, denoiser_of, remove_crdiff
+from crdiff.amplify import apply_crdiff, denoiser_of, remove_crdiff, weights_used
 from crdiff.experiment.config import RunConfig
 from crdiff.metrics import ImageMetric, build_metric, preprocess
 from crdiff.models import Resolution
@@ -44,23 +44,26 @@ class Objective:
     metric: ImageMetric
     index: MagnitudeIndex
 
-    def images(self, point: dict[str, float] | None, resolution: Resolution) -> list:
-        """This rank's images at `point` (None: dense), one per prompt, seeds `sampler.seed + i`."""
+    weights: str | None = None  # the mode `amplify.weights` resolved to at the first trial
+
+    def apply(self, point: dict[str, float] | None) -> None:
+        """The pipeline at `point` (None: dense), pruned once for every resolution of the trial."""
         remove_crdiff(self.pipe)
-        if point is not None:
-            p = self.run.pruning
-            apply_crdiff(self.pipe, {g: point[g] for g in GROUPS}, k=point.get("k", self.run.amplify.k),
-                         criterion=p.criterion, seed=p.seed, batched=self.run.amplify.batched, index=self.index,
-                         targets=p.targets, weights=self.run.amplify.weights,
-                         memory_budget_gib=self.run.amplify.memory_budget_gib)
-        return draw(self.pipe, self.prompts, self.indices, resolution, self.run.sampler)
+        if point is None:
+            return
+        p, a = self.run.pruning, self.run.amplify
+        apply_crdiff(self.pipe, {g: point[g] for g in GROUPS}, k=point.get("k", a.k), criterion=p.criterion,
+                     seed=p.seed, batched=a.batched, index=self.index, targets=p.targets,
+                     weights=self.weights or a.weights, memory_budget_gib=None if self.weights else a.memory_budget_gib)
+        self.weights = weights_used(self.pipe)  # same images in every mode: decide (and log) `auto` once
 
     def evaluate(self, point: dict[str, float] | None) -> tuple[float, dict[Resolution, list]]:
-        """(synced mean score, this rank's images per resolution) at `point`."""
+        """(synced mean score, this rank's images per resolution) at `point`, seeds `sampler.seed + i`."""
         self.metric.reset()
+        self.apply(point)
         drawn = {}
         for resolution in self.resolutions:
-            drawn[resolution] = self.images(point, resolution)
+            drawn[resolution] = draw(self.pipe, self.prompts, self.indices, resolution, self.run.sampler)
             self.metric.update([preprocess(im, self.run.metrics.preprocessing) for im in drawn[resolution]],
                                [self.prompts.prompts[i] for i in self.indices])
         return self.metric.compute(), drawn
