@@ -221,10 +221,12 @@ class RatioSearchConfig:
     def settings(self):
         from crdiff.search import SearchConfig
 
-        variables = ("down", "mid", "up", "k") if self.search_k else ("down", "mid", "up")
+        from crdiff.search import REF_ORDER
+
+        variables = (*REF_ORDER, "k") if self.search_k else REF_ORDER  # REF's order decides the walk
         anneal = dict(self.anneal)
         if self.search_k:
-            anneal.setdefault("start", {"down": 0.3, "mid": 0.3, "up": 0.3, "k": 1.5})
+            anneal.setdefault("start", {"down": 0.3, "up": 0.3, "mid": 0.3, "k": 1.5})
         return SearchConfig(**anneal, variables=variables, bounds={"k": tuple(self.k_bounds)})
 
 
