@@ -42,11 +42,10 @@ def model_requirements(run: RunConfig) -> list[Requirement]:
 
 
 def metric_names(run: RunConfig) -> list[str]:
-    """The metrics this run builds: the configured ones, and the search's objective for task=search."""
-    names = list(run.metrics.names)
-    if run.task == "search" and run.search.metric not in names:
-        names.append(run.search.metric)
-    return names
+    """The metrics this run builds: a search builds its objective's scorer only (`search.metric`)."""
+    if run.task == "search":
+        return [run.search.metric]
+    return list(run.metrics.names)
 
 
 def requirements(run: RunConfig) -> list[Requirement]:

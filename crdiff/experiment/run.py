@@ -82,6 +82,19 @@ def plan(run: RunConfig) -> Plan:
     return Plan(run, prompts, jobs, out)
 
 
+def plan_search(run: RunConfig) -> Plan:
+    """A search's checks before any model loads: its prompts, its searches and their resolutions."""
+    from crdiff.experiment.ratio_search import searches
+
+    out = run.check_output_dir()
+    prompts = load_prompts(run.prompts.kind, run.prompts.path, run.prompts.limit, run.prompts.texts)
+    for search in searches(run):
+        for res in search.resolutions:
+            if run.model.name in MODELS:
+                MODELS[run.model.name].check(res)
+    return Plan(run, prompts, [], out)
+
+
 def check_device(p: Plan) -> str:
     """This process's device, decided before any work: GPUs torch cannot use are an error, and so is
     a full-size model that `device=auto` would leave to the CPU (`device=cpu` asks for it)."""
@@ -228,6 +241,8 @@ def row(p: Plan, job: Job, prov: dict[str, Any], scores: dict[str, float]) -> di
         "k": None if crd is None else crd.k, "criterion": None if crd is None else crd.criterion,
         **{f"ratio_{g}": None if crd is None else crd.ratios[g] for g in GROUPS},
         "ratios_source": None if crd is None else ratios_source, "preset": None if crd is None else preset,
+        # False: on held-out seeds the preset's ratios did not beat the search's start (its paired interval)
+        "preset_beats_start": None if crd is None else presets.beats_start(preset),
         "steps": p.run.sampler.steps, "guidance": p.run.sampler.guidance, "seed": p.run.sampler.seed,
         "scheduler": p.run.sampler.scheduler, "image_dir": str(job.folder),
         # cost: denoiser passes and wall seconds per image as measured when the images were made
@@ -302,7 +317,7 @@ def execute(run: RunConfig, p: Plan | None = None) -> dict[str, Any]:
 
 def preset_overrides(run: RunConfig, preset: Path) -> str:
     """The overrides that select a preset the search wrote (its folder is on the search path by default)."""
-    choice = f"pruning={preset.stem}"
+    choice = f"pruning={preset.stem}" + (f" amplify={preset.stem}" if run.search.search_k else "")
     if preset.parent.parent.resolve() == (Path(run.output_dir) / "presets").resolve() and run.output_dir == "outputs":
         return choice
     return f"{choice} 'hydra.searchpath=[file://{preset.parent.parent.resolve()}]'"
@@ -338,7 +353,7 @@ def cli() -> None:
                 print(f"crdiff: error: {piece}", file=sys.stderr)
             if missing:
                 sys.exit(2)
-            checked = plan(run)  # every input check, before any model loads
+            checked = plan_search(run) if run.task == "search" else plan(run)  # every input check, no model yet
             check_device(checked)
         except (ValueError, TypeError) as err:
             print(f"crdiff: error: {err}", file=sys.stderr)
@@ -346,10 +361,16 @@ def cli() -> None:
         if run.task == "search":
             from crdiff.experiment.ratio_search import run_search
 
-            result = run_search(run)
-            if "preset" in result:
-                print(f"crdiff: search best {result['best_score']:.4f} at {result['best']} after "
-                      f"{result['iterations']} iterations -> preset {result['preset']}\n"
+            for result in run_search(run):
+                if "preset" not in result:  # ranks other than 0 write nothing
+                    continue
+                v = result["validation"]
+                held_out = "" if v is None else (
+                    f"; held-out seeds: best - start {v['difference']:+.4f} [{v['interval'][0]:+.4f}, "
+                    f"{v['interval'][1]:+.4f}] over {v['images']} images"
+                    + ("" if v["beats_start"] else ", NOT better than the start"))
+                print(f"crdiff: search {result['resolutions']}: best {result['best_score']:.4f} at {result['best']} "
+                      f"after {result['iterations']} iterations{held_out} -> preset {result['preset']}\n"
                       f"crdiff: use it with {preset_overrides(run, Path(result['preset']))}")
             return
         summary = execute(run, checked)
