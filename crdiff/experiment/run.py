@@ -369,8 +369,8 @@ def cli() -> None:
                     f"; held-out seeds: best - start {v['difference']:+.4f} [{v['interval'][0]:+.4f}, "
                     f"{v['interval'][1]:+.4f}] over {v['images']} images"
                     + ("" if v["beats_start"] else ", NOT better than the start"))
-                print(f"crdiff: search {result['resolutions']}: best {result['best_score']:.4f} at {result['best']} "
-                      f"after {result['iterations']} iterations{held_out} -> preset {result['preset']}\n"
+                print(f"crdiff: search best {result['best_score']:.4f} at {result['best']} ({result['resolutions']}, "
+                      f"{result['iterations']} iterations){held_out} -> preset {result['preset']}\n"
                       f"crdiff: use it with {preset_overrides(run, Path(result['preset']))}")
             return
         summary = execute(run, checked)
