@@ -148,3 +148,19 @@ def test_a_preset_without_an_objective_and_real_vs_stand_in_scorers_are_refused(
     with pytest.raises(ValueError, match=r"objective.scorer is 'image_reward', experiment=search's protocol is "
                                          r"'image_reward \(stand-in\)'"):
         compose_run(*args).method("crdiff", Resolution(96, 96))  # smoke scores with stand-ins
+
+
+def test_the_table_says_when_a_row_has_no_preset_or_one_that_did_not_beat_its_start():
+    import pandas as pd
+
+    from crdiff.report.tables import paper_table, to_markdown
+
+    rows = pd.DataFrame([
+        {"model": "sdxl", "setting": "unseen", "resolution": res, "method": method, "image_reward": value,
+         "ratios_source": None if method == "dense" else source, "preset_beats_start": beats}
+        for res, source, beats in (("512x512", "searched preset", True), ("400x560", "fallback: pruning.ratios "
+                                   "(no searched preset)", None), ("480x360", "searched preset", False))
+        for method, value in (("dense", 0.1), ("crdiff", 0.2))])
+    text = to_markdown(paper_table(rows, "unseen"))
+    assert "| sdxl | 512x512 |" in text and "| sdxl | 400x560 (no searched preset) |" in text
+    assert "| sdxl | 480x360 (preset not better than its start) |" in text

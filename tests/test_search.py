@@ -128,7 +128,7 @@ def test_search_smoke_resumes_after_a_kill_and_writes_a_preset_a_table_experimen
     b = SearchState.load(next((tmp_path / "out").glob("search/*/state.json")))
     assert trail_of(a) == trail_of(b) and a.best == b.best and b.done
     csv = next((tmp_path / "out").glob("search/*/trials.csv")).read_text().splitlines()
-    assert csv[0].startswith("iteration,kind,down,mid,up,score") and len(csv) == len(b.history) + 1
+    assert csv[0] == "iteration,kind,down,mid,up,score,temperature,cached,failed" and len(csv) == len(b.history) + 1
 
     presets = tmp_path / "out" / "presets"
     preset = presets / "pruning" / "searched_tiny-sdxl_40x72.yaml"
@@ -152,7 +152,7 @@ def test_refine_experiment_composes_with_k():
         cfg = compose("config", overrides=["experiment=refine", "model=tiny-sd15", "prompts.texts=[a red fox]"])
     run = RunConfig.from_dict(OmegaConf.to_container(cfg, resolve=True))
     settings = run.search.settings()
-    assert settings.variables == ("down", "mid", "up", "k") and settings.clip("k", 9.0) == 3.0
+    assert settings.variables == ("down", "up", "mid", "k") and settings.clip("k", 9.0) == 3.0
     assert run.task == "search" and run.search.compare
 
 
@@ -169,7 +169,8 @@ def test_refine_saves_dense_vs_refined_with_scores(tmp_path):
     scores = json.loads((folder / "comparison.json").read_text())
     assert set(scores) == {"dense", "refined", "best"} and 1.0 <= scores["best"]["k"] <= 3.0
     assert (folder / "dense_vs_refined_40x72.png").exists()
-    k_preset = (tmp_path / "conf" / "amplify" / "searched_tiny-sd15_40x72.yaml").read_text()
+    assert not list((tmp_path / "conf").glob("*/searched_*"))  # a refinement never writes a table's preset
+    k_preset = (tmp_path / "conf" / "amplify" / "refined_tiny-sd15_40x72.yaml").read_text()
     assert f"k: {round(scores['best']['k'], 4)}\n" in k_preset
 
 
