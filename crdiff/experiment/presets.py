@@ -54,9 +54,23 @@ def objective(run, prompts, resolutions: list[Resolution]) -> dict[str, Any]:
 
 @functools.cache
 def _protocol_run():
-    from crdiff.experiment.planner import compose_runs
+    """`experiment=search` as composed from conf/ (inside the running Hydra app, or on its own)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
 
-    return compose_runs(["experiment=search"], sweep={})[0][1]
+    from crdiff.experiment import schemas
+    from crdiff.experiment.config import RunConfig
+
+    schemas.register()
+
+    def build():
+        return RunConfig.from_dict(OmegaConf.to_container(compose("config", ["experiment=search"]), resolve=True))
+
+    if GlobalHydra.instance().is_initialized():
+        return build()
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        return build()
 
 
 def protocol(run) -> dict[str, Any]:
