@@ -164,3 +164,14 @@ def test_the_table_says_when_a_row_has_no_preset_or_one_that_did_not_beat_its_st
     text = to_markdown(paper_table(rows, "unseen"))
     assert "| sdxl | 512x512 |" in text and "| sdxl | 400x560 (no searched preset) |" in text
     assert "| sdxl | 480x360 (preset not better than its start) |" in text
+
+
+@pytest.mark.parametrize("tiny", [False, True])
+def test_the_written_protocol_is_what_experiment_search_composes_to(tiny):
+    from crdiff.experiment import presets
+    from crdiff.experiment.prompts import load_prompts
+
+    run = compose_run("experiment=search", f"metrics.tiny={tiny}")
+    p = run.prompts
+    found = presets.objective(run, load_prompts(p.kind, p.path, p.limit, p.texts), [])
+    assert {f: found[f] for f in presets.PROTOCOL} == presets.protocol(run)

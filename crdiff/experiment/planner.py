@@ -14,7 +14,9 @@ import itertools
 from dataclasses import dataclass
 from pathlib import Path
 
+from crdiff.experiment import methods
 from crdiff.experiment.config import RunConfig
+from crdiff.experiment.run import plan
 from crdiff.models import DTYPES, Resolution
 
 THROUGHPUT = Path(__file__).resolve().parents[2] / "results" / "bench" / "throughput.csv"
@@ -112,18 +114,16 @@ def measurements(path: Path = THROUGHPUT) -> list[Measurement]:
 SEARCH = "search"  # the method column of a search's rows
 
 
-def cost_class(run: RunConfig, method: str) -> str:
+def cost_class(run: RunConfig, method: str, resolution: Resolution | None = None) -> str:
     """`crdiff` (two denoiser evaluations per step, one batched call) / `crdiff_sequential` / `dense`
-    (one evaluation: dense, bwp's pruned net alone, freeu, entropy). A search scores at `amplify.k`
-    (1: the pruned net alone), or at a searched k (two evaluations)."""
-    if method == SEARCH:
-        k, batched = (None if run.search.search_k else run.amplify.k), run.amplify.batched
-    else:
-        crd = run.method(method)
-        k, batched = (0.0, True) if crd is None else (crd.k, crd.batched)
+    (one evaluation: dense, bwp's pruned net alone, freeu, entropy): the method's own (Method.cost_class).
+    A search scores at `amplify.k` (1: the pruned net alone), or at a searched k (two evaluations)."""
+    if method != SEARCH:
+        return methods.get(run, method).cost_class(resolution)
+    k = None if run.search.search_k else run.amplify.k
     if k in (0.0, 1.0):
         return "dense"
-    return "crdiff" if batched else "crdiff_sequential"
+    return "crdiff" if run.amplify.batched else "crdiff_sequential"
 
 
 def seconds_per_image(table: list[Measurement], model: str, resolution: Resolution, dtype: str, method: str,
@@ -194,11 +194,8 @@ def search_rows(run: RunConfig) -> tuple[list[Row], list[str]]:
 
 def rows_of(run: RunConfig) -> tuple[list[Row], list[str]]:
     """The jobs of one run, and why a job's count or folder is unknown (a missing prompt file)."""
-    from crdiff.experiment.run import plan
-
     if run.task == "search":
         return search_rows(run)
-
     try:
         p = plan(run)
     except ValueError as err:

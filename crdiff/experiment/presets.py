@@ -15,7 +15,6 @@ resolution without a preset falls back to `pruning.ratios`; its rows and tables 
 
 from __future__ import annotations
 
-import functools
 import logging
 from pathlib import Path
 from typing import Any
@@ -52,38 +51,20 @@ def objective(run, prompts, resolutions: list[Resolution]) -> dict[str, Any]:
             "negative_prompt": run.sampler.negative_prompt, "scheduler": run.sampler.scheduler}
 
 
-@functools.cache
-def _protocol_run():
-    """`experiment=search` as composed from conf/ (inside the running Hydra app, or on its own)."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from omegaconf import OmegaConf
-
-    from crdiff.experiment import schemas
-    from crdiff.experiment.config import RunConfig
-
-    schemas.register()
-
-    def build():
-        return RunConfig.from_dict(OmegaConf.to_container(compose("config", ["experiment=search"]), resolve=True))
-
-    if GlobalHydra.instance().is_initialized():
-        return build()
-    with initialize_config_dir(str(CONF), version_base="1.3"):
-        return build()
+# experiment=search's objective (REF's, docs/method.md §2), written out so that this module needs no Hydra
+# composition; tests/test_presets.py checks that conf/experiment/search.yaml composes to the same
+SEARCH_PROTOCOL = {"scorer": "image_reward", "prompts": ("builtin", 2), "k": 1.0, "steps": 30, "guidance": 7.5,
+                   "seed": 24432}
 
 
 def protocol(run) -> dict[str, Any]:
     """The objective fields of `experiment=search` (its scorer on `run`'s stand-ins or real weights)."""
-    from dataclasses import replace
-
     from crdiff.experiment.prompts import load_prompts
 
-    search = _protocol_run()
-    search = replace(search, metrics=replace(search.metrics, tiny=run.metrics.tiny))
-    p = search.prompts
-    found = objective(search, load_prompts(p.kind, p.path, p.limit, p.texts), [])
-    return {f: found[f] for f in PROTOCOL}
+    kind, limit = SEARCH_PROTOCOL["prompts"]
+    return {"scorer": SEARCH_PROTOCOL["scorer"] + (" (stand-in)" if run.metrics.tiny else ""),
+            "prompts_digest": load_prompts(kind, None, limit, []).digest(),
+            **{f: SEARCH_PROTOCOL[f] for f in ("k", "steps", "guidance", "seed")}}
 
 
 def preset_path(run) -> list[Path]:
