@@ -162,7 +162,7 @@ def test_refine_saves_dense_vs_refined_with_scores(tmp_path):
 
     done = run_cli("experiment=refine", "model=tiny-sd15", "prompts.texts=[a red fox in the snow,a lighthouse]",
                    "metrics=tiny", "search.metric=pickscore", "search.resolutions=[40x72]",
-                   "search.anneal={iterations: 3}", "sampler.steps=2", f"output_dir={tmp_path}",
+                   "search.anneal={iterations: 3}", "search.validation_seeds=1", "sampler.steps=2", f"output_dir={tmp_path}",
                    f"search.preset_root={tmp_path / 'conf'}")
     assert done.returncode == 0, done.stderr[-2000:]
     folder = next(tmp_path.glob("search/*"))
