@@ -4,9 +4,10 @@
     python scripts/train_scenes.py --out /tmp/scenes --work /tmp/scenes-work --unet-steps 20   # a quick look
 
 Resumable: run the same command again after a stop and it continues from the last checkpoint in --work
-(same weights as one uninterrupted run). Deterministic for a fixed --threads (default 1, the threads the
-shipped weights were trained with). Records timings, the encoder's held-out accuracy and the SHA-256 of
-every weight file written in --report (default results/miniature_scenes/training.json).
+(same weights as one uninterrupted run); --stop-after N ends a run after N UNet steps on purpose.
+Deterministic for a fixed --threads (default 1, the threads the shipped weights were trained with).
+Records timings, the encoder's held-out accuracy and the SHA-256 of every weight file written in
+--report (default results/miniature_scenes/training.json).
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=scenes.ASSETS, help="folder for scenes-t2i/ and the encoder")
     parser.add_argument("--work", type=Path, default=Path(".cache/train_scenes"), help="stages and checkpoints")
     parser.add_argument("--report", type=Path, default=Path("results/miniature_scenes/training.json"))
+    parser.add_argument("--stop-after", type=int, default=None,
+                        help="end this run after this many UNet steps (checkpointed); run again to go on")
     names = ("seed", "threads", "encoder_steps", "vae_steps", "unet_steps", "batch_size", "vae_batch_size",
              "checkpoint_every")
     for name in names:
@@ -41,7 +44,12 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     cfg = TrainConfig(**{k: getattr(args, k) for k in names})
     pipeline_dir, encoder_file = args.out / scenes.PIPELINE_DIR.name, args.out / scenes.ENCODER_FILE.name
-    report = train(cfg, args.work, pipeline_dir, encoder_file)
+    if args.stop_after is not None and args.stop_after < 1:
+        parser.error(f"--stop-after must be >= 1, got {args.stop_after}")
+    report = train(cfg, args.work, pipeline_dir, encoder_file, args.stop_after)
+    if not report["finished"]:
+        print(json.dumps(report, indent=1))
+        return
     weights = sorted([*pipeline_dir.glob("*/*.safetensors"), encoder_file])
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     report.update(config={k: v for k, v in vars(cfg).items() if k not in ("unet", "text_encoder")},

@@ -35,9 +35,10 @@ def model_requirements(run: RunConfig) -> list[Requirement]:
     if weights.source.startswith("tiny:"):
         return []
     if weights.source.startswith("bundled:"):
-        from crdiff.miniature import digits
+        from crdiff.miniature import bundled
 
-        return [LocalFiles(weights.what, (digits.PIPELINE_DIR / "model_index.json",), digits.TRAIN_COMMAND)]
+        folder, command = bundled(weights.source.removeprefix("bundled:"))
+        return [LocalFiles(weights.what, (folder / "model_index.json",), command)]
     return [weights]
 
 

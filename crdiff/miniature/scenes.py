@@ -148,3 +148,20 @@ def batch(seeds: list[int], height: int = SIZE, width: int = SIZE) -> torch.Tens
 def prompts(n: int, first_seed: int = EVAL_FIRST_SEED) -> list[str]:
     """The captions of scenes first_seed, first_seed + 1, ...: the evaluation prompts."""
     return [scene(first_seed + i).caption for i in range(n)]
+
+
+def reference_files(folder: Path, count: int) -> list[str]:
+    """Evaluation scenes 0..count-1 drawn at the training size as PNG files (the `scene_fd` reference of
+    `prompts=scenes`: image i is the scene whose caption is prompt i), written once."""
+    from PIL import Image
+
+    folder = Path(folder)
+    paths = [folder / f"scene_{EVAL_FIRST_SEED + i}.png" for i in range(count)]
+    missing = [(i, p) for i, p in enumerate(paths) if not p.is_file()]
+    if missing:
+        folder.mkdir(parents=True, exist_ok=True)
+    for i, path in missing:
+        tmp = path.with_suffix(".tmp.png")
+        Image.fromarray(render(scene(EVAL_FIRST_SEED + i))).save(tmp)
+        tmp.replace(path)
+    return [str(p) for p in paths]

@@ -160,9 +160,10 @@ def tokenizer():
     return tok
 
 
-def train_unet(cfg: TrainConfig, vae, tok, work: Path):
+def train_unet(cfg: TrainConfig, vae, tok, work: Path, stop_after: int | None = None):
     """UNet + text encoder, epsilon prediction on SD's noise schedule, 64x64 captioned scenes only; resumes
-    from `work/unet.ckpt`. Returns the EMA weights of both."""
+    from `work/unet.ckpt`. Returns the EMA weights of both, or None when `stop_after` steps of this run
+    ended it early (its last step checkpointed)."""
     from diffusers import DDPMScheduler
 
     torch.manual_seed(cfg.seed + STAGES["unet"])
@@ -185,8 +186,8 @@ def train_unet(cfg: TrainConfig, vae, tok, work: Path):
         log.info("unet: resumed at step %d from %s", start, checkpoint)
     unet.train()
     text_encoder.train()
-    began = time.perf_counter()
-    for step in range(start, cfg.unet_steps):
+    began, end = time.perf_counter(), cfg.unet_steps if stop_after is None else min(cfg.unet_steps, start + stop_after)
+    for step in range(start, end):
         generator = _generator(cfg, "unet", step)
         seeds = _seeds("unet", step, cfg.batch_size)
         drop = torch.rand(cfg.batch_size, generator=generator) < cfg.uncond_prob
@@ -207,13 +208,15 @@ def train_unet(cfg: TrainConfig, vae, tok, work: Path):
         decay = min(cfg.ema_decay, (1 + step) / (10 + step))
         with torch.no_grad():
             torch._foreach_lerp_(ema, [p.detach() for p in params], 1 - decay)
-        if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.unet_steps:
+        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == end:
             state = dict(unet=unet.state_dict(), text_encoder=text_encoder.state_dict(), ema=ema,
                          opt=opt.state_dict(), sched=sched.state_dict(), step=step + 1)
             atomic.write_with(checkpoint, lambda tmp: torch.save(state, tmp))
         if step % 50 == 0 or step == cfg.unet_steps - 1:
             rate = (time.perf_counter() - began) / (step + 1 - start)
             log.info("unet step %d/%d loss %.4f (%.2f s/step)", step + 1, cfg.unet_steps, loss.item(), rate)
+    if end < cfg.unet_steps:
+        return None
     with torch.no_grad():
         for p, e in zip(params, ema):
             p.copy_(e)
@@ -240,9 +243,10 @@ def _check_work(cfg: TrainConfig, work: Path) -> None:
 
 
 def train(cfg: TrainConfig, work: Path, pipeline_dir: Path = scenes.PIPELINE_DIR,
-          encoder_file: Path = scenes.ENCODER_FILE) -> dict:
+          encoder_file: Path = scenes.ENCODER_FILE, stop_after: int | None = None) -> dict:
     """Train every stage not already in `work`, then write the pipeline folder and encoder file (each
-    replaced atomically). Returns timings and the encoder's held-out count accuracy."""
+    replaced atomically). Returns timings and the encoder's held-out count accuracy, and `finished`:
+    False when `stop_after` UNet steps ended this run first (nothing written; run again to go on)."""
     from diffusers import AutoencoderKL
     from safetensors.torch import load_file, save_file
 
@@ -273,10 +277,13 @@ def train(cfg: TrainConfig, work: Path, pipeline_dir: Path = scenes.PIPELINE_DIR
 
     tok = tokenizer()
     start = time.perf_counter()
-    unet, text_encoder = train_unet(cfg, vae, tok, work)
+    trained = train_unet(cfg, vae, tok, work, stop_after)
     report["unet_s_this_run"] = time.perf_counter() - start
+    if trained is None:
+        return {**report, "finished": False}
+    unet, text_encoder = trained
 
     tiny.save_atomically(build_pipeline(vae, text_encoder, tok, unet), pipeline_dir, replace=True)
     state = {k: v.contiguous() for k, v in encoder.state_dict().items()}
     atomic.write_with(Path(encoder_file), lambda tmp: save_file(state, tmp))
-    return report
+    return {**report, "finished": True}
