@@ -220,3 +220,16 @@ def test_training_resumes_to_the_same_weights_and_the_model_loads_and_scores(tmp
     metric = build_metric("scene_count_error")
     metric.update([image], [prompt])
     assert metric.compute() >= 0
+
+    # the harness, as the README shows it, on this model in place of the shipped one
+    out = tmp_path / "run"
+    done = subprocess.run(
+        [sys.executable, "-m", "crdiff.run", "model=scenes", f"model.source={tmp_path / 'a' / 'scenes-t2i'}",
+         "prompts=scenes", "prompts.limit=2", "metrics=scenes", "methods=[dense]", "sampler.steps=2",
+         "resolutions.unseen=[24x32]", f"output_dir={out}"], cwd=ROOT, env=ENV, capture_output=True, text=True,
+        timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [json.loads(p.read_text()) for p in (out / "results").glob("*.json")]
+    assert sorted(r["resolution"] for r in rows) == ["24x32", "64x64"]
+    assert all(set(r["metrics"]) == {"scene_fd", "scene_composition", "scene_count_error", "scene_duplication",
+                                     "scene_missing"} for r in rows)

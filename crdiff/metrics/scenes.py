@@ -31,7 +31,8 @@ def _encoder(name: str) -> list:
     from crdiff.weights import LocalFiles
 
     return [LocalFiles(f"metric {name}: the shipped scene encoder", (scenes.ENCODER_FILE,),
-                       "git checkout -- crdiff/assets (it ships with crdiff)")]
+                       "git checkout -- crdiff/assets (it ships with crdiff), or rebuild it: "
+                       f"`{scenes.TRAIN_COMMAND}`")]
 
 
 class SceneFD(FID):

@@ -287,3 +287,20 @@ def train(cfg: TrainConfig, work: Path, pipeline_dir: Path = scenes.PIPELINE_DIR
     state = {k: v.contiguous() for k, v in encoder.state_dict().items()}
     atomic.write_with(Path(encoder_file), lambda tmp: save_file(state, tmp))
     return {**report, "finished": True}
+
+
+def checkpoint_pipeline(work: Path):
+    """The pipeline of a training run's last checkpoint (EMA weights), for a look while it trains."""
+    from diffusers import AutoencoderKL
+
+    cfg = TrainConfig(**json.loads((Path(work) / "config.json").read_text()))
+    state = torch.load(Path(work) / "unet.ckpt", weights_only=True)
+    unet, text_encoder = build_unet(cfg), build_text_encoder(cfg)
+    params = [*unet.parameters(), *text_encoder.parameters()]
+    with torch.no_grad():
+        for p, e in zip(params, state["ema"]):
+            p.copy_(e)
+    vae = AutoencoderKL.from_pretrained(Path(work) / "vae")
+    pipe = build_pipeline(vae, text_encoder.eval(), tokenizer(), unet.eval())
+    pipe.set_progress_bar_config(disable=True)
+    return pipe, state["step"]
