@@ -1,6 +1,7 @@
 """The scenes miniature: data and captions, the detector (on hand-drawn images and on the data at every
 evaluated size), the exact metrics, the SDXL layout, and training that resumes to the same weights."""
 
+import csv
 import json
 import subprocess
 import sys
@@ -233,3 +234,26 @@ def test_training_resumes_to_the_same_weights_and_the_model_loads_and_scores(tmp
     assert sorted(r["resolution"] for r in rows) == ["24x32", "64x64"]
     assert all(set(r["metrics"]) == {"scene_fd", "scene_composition", "scene_count_error", "scene_duplication",
                                      "scene_missing"} for r in rows)
+
+    # the failure-first measurement, on the run's last checkpoint
+    study = tmp_path / "study"
+    done = subprocess.run(
+        [sys.executable, "scripts/scenes_failure.py", "--work", str(tmp_path / "wb"), "--prompts", "3",
+         "--sizes", "64x64", "24x32", "--steps", "2", "--detector-scenes", "5", "--out", str(study)],
+        cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    with (study / "failure.csv").open() as f:
+        assert [(r["size"], r["index"]) for r in csv.DictReader(f)] == [
+            ("64x64", "0"), ("64x64", "1"), ("64x64", "2"), ("24x32", "0"), ("24x32", "1"), ("24x32", "2")]
+    assert "UNet step 4" in (study / "failure.md").read_text() and (study / "grid_failure.png").is_file()
+
+
+def test_bootstrap_interval_and_table():
+    from crdiff.miniature.scenes_study import Row, interval, table
+
+    assert interval(np.full(10, 0.5)) == (0.5, 0.5, 0.5)
+    mean, lo, hi = interval(np.array([0.0, 1.0] * 50))
+    assert mean == 0.5 and 0.39 < lo < 0.5 < hi < 0.61  # ~ +-1.96 * 0.05
+    rows = [Row(i, "32x32", i, "a red circle", "", 0, 1, 0, 1) for i in range(4)]
+    assert "| 32x32 | 4 | 0.000 [0.000, 0.000] | 1.000 [1.000, 1.000] | 0.000 [0.000, 0.000] | 1.000 [1.000, 1.000] |" \
+        in table(rows, [Resolution(32, 32)])
