@@ -186,7 +186,8 @@ def train_unet(cfg: TrainConfig, vae, tok, work: Path, stop_after: int | None = 
         log.info("unet: resumed at step %d from %s", start, checkpoint)
     unet.train()
     text_encoder.train()
-    began, end = time.perf_counter(), cfg.unet_steps if stop_after is None else min(cfg.unet_steps, start + stop_after)
+    end = cfg.unet_steps if stop_after is None else min(cfg.unet_steps, start + stop_after)
+    began = time.perf_counter()
     for step in range(start, end):
         generator = _generator(cfg, "unet", step)
         seeds = _seeds("unet", step, cfg.batch_size)
