@@ -3,9 +3,9 @@
 
 Each requirement answers three questions: `missing()` (None when it is on this machine, else why not;
 a real lookup in the hub cache, never a download), `fetch()` (download it, return the bytes that
-arrived) and `fix` (the one command that puts it in place). Cache locations are read from the
-environment at call time (HF_HUB_CACHE / HF_HOME, TORCH_HOME), so a test or a node can point them
-anywhere.
+arrived) and `fix` (the one command that puts it in place). Cache folders come from the libraries
+themselves (huggingface_hub's constants, torch.hub.get_dir()), the one source of truth the loaders
+also read: XDG_CACHE_HOME, HF_HOME, HF_HUB_CACHE and TORCH_HOME all count as they count there.
 """
 
 from __future__ import annotations
@@ -21,11 +21,28 @@ _NO_WEIGHTS = ("tokenizer", "scheduler", "feature_extractor", "image_processor",
 
 
 def hub_cache() -> Path:
-    """The Hugging Face hub cache: `$HF_HUB_CACHE`, else `$HF_HOME/hub`, else ~/.cache/huggingface/hub."""
-    for name in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):  # the second is the legacy name huggingface_hub reads
-        if os.environ.get(name):
-            return Path(os.environ[name]).expanduser()
-    return Path(os.environ.get("HF_HOME", "~/.cache/huggingface")).expanduser() / "hub"
+    """The Hugging Face hub cache exactly as huggingface_hub resolved it for this process (`HF_HUB_CACHE`,
+    else `$HF_HOME/hub`, else `$XDG_CACHE_HOME/huggingface/hub`, else ~/.cache/huggingface/hub, with `~`
+    and `$VARS` expanded): the folder every loader that calls the hub without a cache_dir (transformers,
+    open_clip, the metrics) reads, so preflight, prefetch and plan look where the run will."""
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE)
+
+
+def torch_hub() -> Path:
+    """torch.hub's folder (`$TORCH_HOME/hub`, else `$XDG_CACHE_HOME/torch/hub`, else ~/.cache/torch/hub):
+    torch-fidelity's Inception and the aesthetic head are kept under its `checkpoints/`."""
+    import torch
+
+    return Path(torch.hub.get_dir())
+
+
+def url_override(url: str) -> str:
+    """`url` from a mirror when `CRDIFF_WEIGHTS_URL` is set (`<mirror>/<file name>`): weights that do not come
+    from the hub (Inception, the aesthetic head) then download from a local file server, as in the tests."""
+    mirror = os.environ.get("CRDIFF_WEIGHTS_URL", "").rstrip("/")
+    return f"{mirror}/{url.rsplit('/', 1)[-1]}" if mirror else url
 
 
 def offline() -> bool:
@@ -123,7 +140,7 @@ class UrlFile(Requirement):
         if self.path.is_file():
             return 0
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        torch.hub.download_url_to_file(self.url, str(self.path), progress=False)
+        torch.hub.download_url_to_file(url_override(self.url), str(self.path), progress=False)
         return self.path.stat().st_size
 
     @property
