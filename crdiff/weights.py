@@ -45,6 +45,28 @@ def url_override(url: str) -> str:
     return f"{mirror}/{url.rsplit('/', 1)[-1]}" if mirror else url
 
 
+# Repositories the hub serves only to an account that accepted the licence on the model's page, and only
+# with that account's token: say so before a download fails with a bare 401/403.
+GATED = {
+    "black-forest-labs/FLUX.1-dev": "the FLUX.1 [dev] Non-Commercial License",
+    "stabilityai/stable-diffusion-3-medium-diffusers": "the Stability AI Community License",
+}
+
+
+def gated(repo: str) -> str | None:
+    """What a gated `repo` needs before it downloads (None if it is not gated)."""
+    if repo not in GATED:
+        return None
+    return (f"{repo} is gated: accept {GATED[repo]} at https://huggingface.co/{repo} with your account, then "
+            "download with its token (HF_TOKEN=<token> or `hf auth login`)")
+
+
+def has_token() -> bool:
+    from huggingface_hub import get_token
+
+    return get_token() is not None
+
+
 def offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0").strip().lower() in ("1", "true", "yes", "on")
 
@@ -77,6 +99,11 @@ class Requirement:
     def where(self) -> str:
         """Short name of what is fetched (repo id, file), for prefetch's report."""
         raise NotImplementedError
+
+    @property
+    def gate(self) -> str | None:
+        """What a gated repository needs before it downloads (licence, token); None for the others."""
+        return None
 
 
 @dataclass(frozen=True)
@@ -121,6 +148,10 @@ class HubFiles(Requirement):
     @property
     def where(self) -> str:
         return self.repo
+
+    @property
+    def gate(self) -> str | None:
+        return gated(self.repo)
 
 
 @dataclass(frozen=True)
@@ -240,7 +271,7 @@ class PipelineWeights(Requirement):
                 folder = Path(snapshot_download(self.source, revision=self.revision, cache_dir=hub_cache(),
                                                 local_files_only=True))
             except (LocalEntryNotFoundError, OSError, ValueError):
-                return f"{self.where} is not in the hub cache {hub_cache()}"
+                return f"{self.where} is not in the hub cache {hub_cache()}" + (f"; {self.gate}" if self.gate else "")
         gaps = pipeline_gaps(folder, self.variant)
         return f"{self.where} lacks {', '.join(gaps)} (in {folder})" if gaps else None
 
@@ -264,6 +295,10 @@ class PipelineWeights(Requirement):
         rev = f" --revision {self.revision}" if self.revision else ""
         weights = f"'*/*.{self.variant}.safetensors'" if self.variant else "'*/*.safetensors'"
         return f"hf download {self.source}{rev} --include '*.json' --include '*.txt' --include {weights}"
+
+    @property
+    def gate(self) -> str | None:
+        return None if self.is_folder else gated(self.source)
 
     @property
     def where(self) -> str:
