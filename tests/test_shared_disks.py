@@ -139,3 +139,27 @@ def test_a_launch_whose_ranks_see_different_output_dirs_stops_at_start(tmp_path)
         assert err.strip().splitlines()[-1].startswith("crdiff: error: output_dir=") and "Traceback" not in err
         assert "rank(s) [1] of 2 do not see the file rank 0 wrote there" in err
     assert not list(tmp_path.glob("node*/images/**/*.png"))
+
+
+@pytest.mark.slow
+def test_two_jobs_of_different_batch_sizes_on_one_output_dir_make_and_score_every_image(tmp_path):
+    """sampler.batch_size is a speed setting: jobs of 1 and 3 share the images (their batches overlap) and
+    each returns from generation only when all exist, so both score every image."""
+    import re
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "RANK", "WORLD_SIZE", "LOCAL_RANK",
+                                                                      "MASTER_"))}
+    env |= {"HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, "-m", "crdiff.run", "experiment=smoke", "prompts.limit=6",
+                               "sampler.steps=2", "resolutions.sets=[default]", f"sampler.batch_size={size}",
+                               f"output_dir={tmp_path}"], cwd=ROOT, env=env, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for size in (1, 3)]
+    logs = [proc.communicate(timeout=600)[0] for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0], "\n".join(log[-2000:] for log in logs)
+    counts = [tuple(map(int, re.search(r"crdiff: generated (\d+) images, skipped (\d+)", log).groups()))
+              for log in logs]
+    assert sum(made for made, _ in counts) == 12 and all(made + skipped == 12 for made, skipped in counts)
+    assert len(list(tmp_path.glob("images/**/*.png"))) == 12 and not list(tmp_path.glob("images/**/.claims/*"))
+    rows = [json.loads(p.read_text()) for p in (tmp_path / "results").glob("*.json")]
+    assert len(rows) == 2 and all(set(row["metrics"]) == {"clip", "image_reward", "pickscore", "aesthetic"}
+                                  for row in rows)
