@@ -25,7 +25,7 @@ trap 'rm -rf "$WORK"' EXIT
 CARD=$( (nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null || echo cpu) | head -1 | tr ' /' '--')
 LOG="$OUT/gpu_check_${CARD}.txt"
 mkdir -p "$OUT"
-run() { echo "\$ $*" >>"$LOG"; "$@" 2>&1 | { grep -E "crdiff: |rank [0-9]+ of|Error" || true; } | tee -a "$LOG"; }
+run() { echo "\$ $*" >>"$LOG"; "$@" 2>&1 | tr '\r' '\n' | { grep -E "^crdiff: |rank [0-9]+ of [0-9]+ made|Error" || true; } | tee -a "$LOG"; }
 both() { local pids=(); "$@" 0 & pids+=($!); "$@" 1 & pids+=($!); for p in "${pids[@]}"; do wait "$p"; done; }
 
 { date -u +%FT%TZ
