@@ -22,6 +22,7 @@ OUT=${OUT:-results/bench}
 WORK=$(mktemp -d)
 export CRDIFF_CACHE="$WORK/cache"  # tiny pipelines and reference statistics: gone with the rest
 trap 'rm -rf "$WORK"' EXIT
+trap 'exit 143' INT TERM  # so that EXIT runs on a kill too
 CARD=$( (nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null || echo cpu) | head -1 | tr ' /' '--')
 LOG="$OUT/gpu_check_${CARD}.txt"
 mkdir -p "$OUT"
