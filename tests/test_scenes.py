@@ -257,3 +257,15 @@ def test_bootstrap_interval_and_table():
     rows = [Row(i, "32x32", i, "a red circle", "", 0, 1, 0, 1) for i in range(4)]
     assert "| 32x32 | 4 | 0.000 [0.000, 0.000] | 1.000 [1.000, 1.000] | 0.000 [0.000, 0.000] | 1.000 [1.000, 1.000] |" \
         in table(rows, [Resolution(32, 32)])
+
+
+def test_scenes_prompt_set_pairs_each_caption_with_its_real_scene():
+    from crdiff.experiment.prompts import load_prompts
+
+    three, five = load_prompts("scenes", limit=3), load_prompts("scenes", limit=5)
+    assert list(three.prompts) == scenes.prompts(3) and three.ids == ("scenes_0", "scenes_1", "scenes_2")
+    assert three.source_digest() == five.source_digest()  # cut from the same 2,000
+    for prompt, path in zip(three.prompts, three.image_paths):
+        assert kinds(np.asarray(Image.open(path).convert("RGB"))) == scenes.kinds_of(prompt)
+    with pytest.raises(ValueError, match="limit"):
+        load_prompts("scenes", limit=0)

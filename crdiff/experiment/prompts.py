@@ -96,7 +96,7 @@ def load_prompts(kind: str = "builtin", path: str | None = None, limit: int | No
         prompts = scenes.prompts(SCENE_PROMPTS)
         ids = [f"scenes_{i}" for i in range(SCENE_PROMPTS)]
         # reference images are drawn only for the prompts kept (`limit` cuts both, they pair one to one)
-        count = min(limit or SCENE_PROMPTS, SCENE_PROMPTS)
+        count = SCENE_PROMPTS if limit is None else max(0, min(limit, SCENE_PROMPTS))  # a bad limit: error below
         images, name = scenes.reference_files(cache_dir() / "reference" / "scenes", count), "scenes"
     elif kind == "list":
         prompts, ids, images, name = list(texts or []), [f"user_{i}" for i in range(len(texts or []))], None, "user"
