@@ -28,6 +28,8 @@ NOT_RUN = {
                                  "tests/test_coco.py runs it on a COCO-shaped miniature",
     "scripts/miniature_study.py": "reads the outputs of four miniature runs (`make main` and its sweeps, minutes of "
                                   "CPU); tests/test_digits.py drives the same path",
+    "scripts/train_scenes.py": "trains the scenes model for about an hour of CPU; tests/test_scenes.py runs the same "
+                               "command on a few steps, stopped and resumed",
     "scripts/gpu_check.sh": "needs a GPU (it falls back to the CPU only to check itself, minutes); run on a GPU node",
 }
 PLACEHOLDERS = {"<you>": "me", "<yours>": "gpu", "<commit>": "0" * 40}
