@@ -20,7 +20,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from crdiff.experiment import checks, distributed, hardware, presets
+from crdiff.experiment import checks, distributed, hardware, presets, slurm
 from crdiff.experiment.claims import Claims
 from crdiff.experiment.config import RunConfig
 from crdiff.models import MODELS, Resolution
@@ -284,6 +284,7 @@ def execute(run: RunConfig, p: Plan | None = None) -> dict[str, Any]:
     """Plan, generate this rank's share, gather once; returns counts (summed over ranks) and the table."""
     p = p or plan(run)
     check_device(p)
+    slurm.log_restarts()
     ranks, device = distributed.init(run.device)
     try:
         here = generate_all(p, ranks, device)
@@ -316,6 +317,7 @@ def cli() -> None:
     from crdiff.experiment import schemas
 
     schemas.register()
+    slurm.quiet_sacct()  # under hydra/launcher=slurm*, on a SLURM without accounting
     # <output_dir>/presets is on the search path for presets a search writes; before the first search it
     # does not exist yet, which is normal, not worth a warning on every run
     warnings.filterwarnings("ignore", message=r"provider=hydra\.searchpath in main, path=.*presets is not available")

@@ -1,0 +1,297 @@
+"""Real SLURM jobs on a one-node cluster (scripts/slurm_cluster.sh up), driven as README and docs/scale-out.md
+show them: srun tasks, a k sweep as an array, one multi-task job, a time limit with requeue, scancel, and
+`scontrol requeue` (what preemption does). Each makes every image exactly once and equal to one process.
+
+The presets' resources are overridden to fit one 2-core node without GPUs (gpus_per_node=0, 1 CPU and 1 GB
+per task). Without a reachable cluster these tests skip with one line saying how to bring it up; under
+CRDIFF_REQUIRE_SLURM=1 (set by .ci/run) they fail instead.
+"""
+
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from crdiff.experiment import slurm
+
+ROOT = Path(__file__).resolve().parents[1]
+ARGS = ["experiment=smoke", "metrics=none", "resolutions.sets=[default]", "prompts.limit=6", "sampler.batch_size=1",
+        "sampler.steps=6"]
+N = 2 * 6  # dense and crdiff at 64x64
+ONE_NODE = ["hydra.launcher.gpus_per_node=0", "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1"]
+real_cluster = [pytest.mark.slurm, pytest.mark.slow]
+
+
+# -- without a cluster ------------------------------------------------------------------------------------
+def test_job_and_restart_count_come_from_slurm_s_variables(caplog):
+    assert slurm.job({}) is None
+    assert slurm.job({"SLURM_JOB_ID": "7"}) == {"job_id": "7", "restart_count": 0}
+    array = {"SLURM_JOB_ID": "12", "SLURM_ARRAY_JOB_ID": "10", "SLURM_ARRAY_TASK_ID": "2", "SLURM_RESTART_COUNT": "3"}
+    assert slurm.job(array) == {"job_id": "10_2", "restart_count": 3}
+    with caplog.at_level(logging.INFO, logger="crdiff"):
+        slurm.log_restarts({"SLURM_JOB_ID": "7"})
+        assert not caplog.records  # a first try says nothing
+        slurm.log_restarts(array)
+    assert caplog.messages == ["crdiff: SLURM job 10_2 restarted 3 times (time limit, preemption or requeue); "
+                               "resuming, finished images are skipped"]
+
+
+def test_sacct_error_is_explained_once():
+    logger, seen = logging.getLogger("submitit"), []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())
+    logger.addHandler(handler)
+    try:
+        slurm.quiet_sacct()
+        slurm.quiet_sacct()  # idempotent: still one filter
+        for call in (1, 2, 3):
+            logger.warning(f"Call #{call} - Bypassing sacct error ..., status may be inaccurate.")
+        logger.warning("another warning")
+    finally:
+        logger.removeHandler(handler)
+    assert seen == [f"Call #1 - Bypassing sacct error ..., status may be inaccurate.\n{slurm.SACCT_HELP}",
+                    "another warning"]
+
+
+# -- the cluster ------------------------------------------------------------------------------------------
+def unreachable() -> str | None:
+    """Why no SLURM job can run here, or None."""
+    if not shutil.which("sinfo"):
+        return "no SLURM here (sinfo not found)"
+    try:
+        states = subprocess.run(["sinfo", "-h", "-o", "%t %c"], capture_output=True, text=True, timeout=20)
+    except subprocess.TimeoutExpired:
+        return "sinfo did not answer in 20 s"
+    nodes = [line.split() for line in states.stdout.splitlines()]
+    if states.returncode or not any(state in ("idle", "mix") and int(cpus) >= 2 for state, cpus in nodes):
+        return f"no idle SLURM node with 2 CPUs (sinfo: {(states.stdout + states.stderr).strip()!r})"
+    return None
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    reason = unreachable()
+    if reason and os.environ.get("CRDIFF_REQUIRE_SLURM") == "1":
+        pytest.fail(f"CRDIFF_REQUIRE_SLURM=1 but {reason}")
+    if reason:
+        pytest.skip(f"{reason}: to run the SLURM tests, `bash scripts/slurm_cluster.sh up` as root (README, Tests)")
+
+
+def env() -> dict[str, str]:
+    """The jobs' environment (sbatch and srun pass it on): this checkout first on the path, offline, one
+    thread each (the thread count changes float rounding; every run here must be bit-identical)."""
+    e = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+         "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "SUBMITIT_EXECUTOR",
+                 *(k for k in os.environ if k.startswith("SLURM_"))):
+        e.pop(name, None)
+    return e
+
+
+def crdiff(*args: str) -> list[str]:
+    return [sys.executable, "-m", "crdiff.run", *args]
+
+
+def start(cmd: list[str]) -> subprocess.Popen:
+    return subprocess.Popen(cmd, cwd=ROOT, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+
+
+class Images:
+    """The images of an output_dir, each file as first seen (inode, mtime): an image made twice is
+    written twice (atomic rename, a new inode), so it shows up in `rewritten`."""
+
+    def __init__(self, out: Path) -> None:
+        self.out, self.seen = out, {}
+
+    def look(self) -> int:
+        for path in self.out.glob("images/**/*.png"):
+            st = path.stat()
+            self.seen.setdefault(path, (st.st_ino, st.st_mtime_ns))
+        return len(self.seen)
+
+    def rewritten(self) -> list[Path]:
+        return [p for p, first in self.seen.items() if (p.stat().st_ino, p.stat().st_mtime_ns) != first]
+
+    def pixels(self) -> dict[str, np.ndarray]:
+        return {str(p.relative_to(self.out)): np.asarray(Image.open(p)) for p in sorted(self.out.glob("images/**/*.png"))}
+
+
+def watch(proc: subprocess.Popen, images: Images, timeout: float = 600, until=None) -> str | None:
+    """Poll the images while `proc` runs; return its output when it ends (None once `until()` holds)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        images.look()
+        if until is not None and until():
+            return None
+        if proc.poll() is not None:
+            out = proc.stdout.read()
+            images.look()
+            assert proc.returncode == 0, out[-4000:]
+            return out
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    raise AssertionError(f"{proc.args} did not finish in {timeout} s")
+
+
+def squeue(name: str) -> list[str]:
+    """Job ids (`<array job>_<task>`) of the jobs called `name` still queued or running."""
+    return subprocess.run(["squeue", "-h", "-n", name, "-o", "%i"], capture_output=True, text=True,
+                          check=True).stdout.split()
+
+
+def job_logs(out: Path) -> dict[str, str]:
+    """submitit's log of every task by file name (`<job>_<task>_log.out`; each try appends to it)."""
+    return {p.name: p.read_text() for p in sorted(out.glob("multirun/**/.submitit/*/*_log.out"))}
+
+
+def made(log: str) -> list[tuple[int, int]]:
+    return [tuple(map(int, m)) for m in re.findall(r"crdiff: generated (\d+) images, skipped (\d+)", log)]
+
+
+def rows(out: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(out.glob("results/*.json"))]
+
+
+@pytest.fixture(scope="module")
+def single(cluster, tmp_path_factory):
+    """One plain process: the reference images, and this machine's seconds per denoising step now."""
+    out = tmp_path_factory.mktemp("single")
+    proc = subprocess.run(crdiff(*ARGS, f"output_dir={out}"), cwd=ROOT, env=env(), capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    step_s = max(r["seconds_per_image"] / r["denoiser_calls"] for r in rows(out))
+    return Images(out).pixels(), step_s
+
+
+def same_as(single_images: dict, out: Path) -> bool:
+    """Every image of the single process exists under `out` with the same pixels."""
+    got = Images(out).pixels()
+    return all(k in got and np.array_equal(v, got[k]) for k, v in single_images.items())
+
+
+# -- jobs -------------------------------------------------------------------------------------------------
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_srun_two_tasks_equal_one_process(single, tmp_path):
+    proc = subprocess.run(["srun", "--ntasks", "2", "--cpus-per-task", "1", *crdiff(*ARGS, f"output_dir={tmp_path}")],
+                          cwd=ROOT, env=env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = proc.stdout + proc.stderr
+    per_rank = [int(re.search(rf"rank {r} of 2 made (\d+) images", log)[1]) for r in (0, 1)]
+    assert all(per_rank) and sum(per_rank) == N and made(log) == [(N, 0)]  # both made part, one summary
+    assert same_as(single[0], tmp_path) and len(Images(tmp_path).pixels()) == N
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_array_over_k_shares_dense_images_and_makes_each_once(single, tmp_path):
+    """Two array tasks (one CPU each) run at once on the 2-core node, sharing the dense images' claims."""
+    images = Images(tmp_path)
+    log = watch(start(crdiff("-m", "hydra/launcher=slurm", *ONE_NODE, *ARGS, "amplify.k=1.5,2.0",
+                             "hydra.launcher.name=crdiff-array", f"output_dir={tmp_path}")), images)
+    tasks = job_logs(tmp_path)
+    assert len(tasks) == 2 and all(re.search(r"_[01]_0_log\.out$", name) for name in tasks)  # one array, 2 tasks
+    counts = [made(text)[-1] for text in tasks.values()]
+    assert all(g + s == N for g, s in counts) and sum(g for g, _ in counts) == N // 2 * 3  # dense once, 2 crdiff
+    stamps = [[time.mktime(time.strptime(m, "%Y-%m-%d %H:%M:%S")) for m in
+               re.findall(r"submitit INFO \((\S+ \S+),\d+\) - (?:Starting|Job completed)", text)] for text in
+              tasks.values()]
+    assert max(s[0] for s in stamps) < min(s[-1] for s in stamps)  # both tasks ran at the same time
+    assert images.look() == N // 2 * 3 and not images.rewritten() and same_as(single[0], tmp_path)  # k=1.5 = 1 proc
+    assert "Call #2 - Bypassing sacct error" not in log  # explained once (slurm.quiet_sacct), not per poll
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_multigpu_preset_one_job_of_two_ranks_one_row_set(single, tmp_path):
+    log = watch(start(crdiff("-m", "hydra/launcher=slurm_multigpu", *ONE_NODE, "hydra.launcher.nodes=1",
+                             "hydra.launcher.tasks_per_node=2", *ARGS, "hydra.launcher.name=crdiff-multi",
+                             f"output_dir={tmp_path}")), Images(tmp_path))
+    tasks = job_logs(tmp_path)
+    assert len({name.rsplit("_", 2)[0] for name in tasks}) == 1 and len(tasks) == 2, tasks.keys()  # 1 job, 2 tasks
+    text = "".join(tasks.values())
+    per_rank = [int(re.search(rf"rank {r} of 2 made (\d+) images", text)[1]) for r in (0, 1)]
+    assert all(per_rank) and sum(per_rank) == N and made(text) == [(N, 0)], log[-2000:]
+    assert len(rows(tmp_path)) == 2 and same_as(single[0], tmp_path)  # one row per (method, resolution)
+
+
+def long_args(step_s: float, seconds: float) -> list[str]:
+    """ARGS with enough denoising steps for about `seconds` of work at this machine's measured speed
+    (dense 1 pass per step, crdiff 2): a job is then surely running when the test acts on it."""
+    steps = max(10, int(seconds / (3 * 6 * step_s)))
+    return [*ARGS[:-1], f"sampler.steps={steps}"]
+
+
+def requeue_result(out: Path, images: Images, restarts: int) -> None:
+    """After a requeued job: every image once, the restart count in the log and in the rows' provenance."""
+    assert images.look() == N and not images.rewritten()
+    text = "".join(job_logs(out).values())
+    assert f"restarted {restarts} time" in text
+    assert {r["provenance"]["slurm"]["restart_count"] for r in rows(out)} == {restarts}
+    g, s = made(text)[-1]
+    assert g + s == N and s > 0  # the last try skipped what earlier tries made
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_time_limit_requeues_and_resumes(single, tmp_path):
+    """timeout_min=2, signal_delay_s=30: SLURM signals the job 60-90 s after it starts (its checks run every
+    30 s), submitit requeues it, SLURM holds it (AuthInfo=cred_expire), the next try skips what is done."""
+    images = Images(tmp_path)
+    watch(start(crdiff("-m", "hydra/launcher=slurm", *ONE_NODE, *long_args(single[1], 150),
+                       "hydra.launcher.timeout_min=2", "hydra.launcher.signal_delay_s=30",
+                       "hydra.launcher.name=crdiff-timeout", f"output_dir={tmp_path}")), images)
+    text = "".join(job_logs(tmp_path).values())
+    assert "Caught signal SIGUSR2" in text and "this job is timed-out" in text
+    restarts = rows(tmp_path)[0]["provenance"]["slurm"]["restart_count"]
+    assert restarts >= 1
+    requeue_result(tmp_path, images, restarts)
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_scontrol_requeue_of_a_running_job_resumes(single, tmp_path):
+    images = Images(tmp_path)
+    proc = start(crdiff("-m", "hydra/launcher=slurm", *ONE_NODE, *long_args(single[1], 40),
+                        "hydra.launcher.name=crdiff-requeue", f"output_dir={tmp_path}"))
+    watch(proc, images, until=lambda: images.look() >= 3)
+    [job] = squeue("crdiff-requeue")
+    subprocess.run(["scontrol", "requeue", job], check=True)  # what preemption with PreemptMode=REQUEUE does
+    before = images.look()
+    watch(proc, images)
+    assert 0 < before < N
+    requeue_result(tmp_path, images, 1)
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_scancel_then_the_same_command_finishes_the_rest(single, tmp_path):
+    images = Images(tmp_path)
+    cmd = crdiff("-m", "hydra/launcher=slurm", *ONE_NODE, *long_args(single[1], 40),
+                 "hydra.launcher.name=crdiff-cancel", f"output_dir={tmp_path}")
+    proc = start(cmd)
+    watch(proc, images, until=lambda: images.look() >= 3)
+    subprocess.run(["scancel", *squeue("crdiff-cancel")], check=True)
+    deadline = time.time() + 60
+    while squeue("crdiff-cancel") and time.time() < deadline:  # SIGTERM, then SIGKILL after KillWait
+        time.sleep(0.5)
+    assert not squeue("crdiff-cancel")
+    # without accounting submitit cannot see the job is gone and waits for its result: the user stops it
+    os.killpg(proc.pid, signal.SIGINT)
+    proc.communicate(timeout=60)
+    before = images.look()
+    assert 0 < before < N and not rows(tmp_path)
+    watch(start(cmd), images)
+    assert images.look() == N and not images.rewritten()
+    assert made(list(job_logs(tmp_path).values())[-1])[-1] == (N - before, before)
