@@ -18,7 +18,7 @@ install() {
   echo "slurm_cluster: installing slurm-wlm and munge (apt)"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq --no-install-recommends slurm-wlm munge >/dev/null
+  apt-get install -y -qq slurm-wlm munge </dev/null >/dev/null
 }
 
 configure() {
@@ -43,8 +43,9 @@ $MARK
 ClusterName=crdiff
 SlurmctldHost=$HOST
 AuthType=auth/munge
-AuthInfo=cred_expire=10
+AuthInfo=cred_expire=5
 KillWait=5
+SchedulerParameters=sched_interval=5
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 SelectType=select/cons_tres
@@ -108,6 +109,10 @@ down() {
 
 status() { sinfo && squeue; }
 
+if [[ $(id -u) != 0 ]]; then
+  echo "slurm_cluster: needs root (it installs packages, writes /etc/slurm and starts the daemons)" >&2
+  exit 1
+fi
 case "${1:-}" in
   up) up ;;
   down) down ;;

@@ -165,13 +165,18 @@ def rows(out: Path) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def single(cluster, tmp_path_factory):
-    """One plain process: the reference images, and this machine's seconds per denoising step now."""
+    """One plain process: the reference images, and the seconds per image this machine takes now as a
+    function of the steps (`long_args`)."""
     out = tmp_path_factory.mktemp("single")
     proc = subprocess.run(crdiff(*ARGS, f"output_dir={out}"), cwd=ROOT, env=env(), capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    step_s = max(r["seconds_per_image"] / r["denoiser_calls"] for r in rows(out))
-    return Images(out).pixels(), step_s
+    # dense and crdiff share the per-image overhead (text encoder, VAE); their difference is denoiser passes
+    cost = {r["method"]: (r["denoiser_calls"], r["seconds_per_image"]) for r in rows(out)}
+    (dense_calls, dense_s), (crdiff_calls, crdiff_s) = cost["dense"], cost["crdiff"]
+    per_pass = max((crdiff_s - dense_s) / (crdiff_calls - dense_calls), 1e-3)
+    overhead = max(dense_s - dense_calls * per_pass, 0.0)
+    return Images(out).pixels(), (overhead, per_pass, (dense_calls + crdiff_calls) / 6)
 
 
 def same_as(single_images: dict, out: Path) -> bool:
@@ -226,10 +231,11 @@ def test_multigpu_preset_one_job_of_two_ranks_one_row_set(single, tmp_path):
     assert len(rows(tmp_path)) == 2 and same_as(single[0], tmp_path)  # one row per (method, resolution)
 
 
-def long_args(step_s: float, seconds: float) -> list[str]:
-    """ARGS with enough denoising steps for about `seconds` of work at this machine's measured speed
-    (dense 1 pass per step, crdiff 2): a job is then surely running when the test acts on it."""
-    steps = max(10, int(seconds / (3 * 6 * step_s)))
+def long_args(speed: tuple[float, float, float], seconds: float) -> list[str]:
+    """ARGS with enough denoising steps for about `seconds` of work at the speed `single` measured, so
+    that the job is surely still running when the test (or its time limit) acts on it."""
+    overhead, per_pass, passes_per_step = speed
+    steps = max(10, int((seconds / 6 - 2 * overhead) / (passes_per_step * per_pass)))
     return [*ARGS[:-1], f"sampler.steps={steps}"]
 
 
@@ -249,7 +255,7 @@ def test_time_limit_requeues_and_resumes(single, tmp_path):
     """timeout_min=2, signal_delay_s=30: SLURM signals the job 60-90 s after it starts (its checks run every
     30 s), submitit requeues it, SLURM holds it (AuthInfo=cred_expire), the next try skips what is done."""
     images = Images(tmp_path)
-    watch(start(crdiff("-m", "hydra/launcher=slurm", *ONE_NODE, *long_args(single[1], 150),
+    watch(start(crdiff("-m", "hydra/launcher=slurm", *ONE_NODE, *long_args(single[1], 100),
                        "hydra.launcher.timeout_min=2", "hydra.launcher.signal_delay_s=30",
                        "hydra.launcher.name=crdiff-timeout", f"output_dir={tmp_path}")), images)
     text = "".join(job_logs(tmp_path).values())
@@ -263,7 +269,7 @@ def test_time_limit_requeues_and_resumes(single, tmp_path):
 @pytest.mark.slow
 def test_scontrol_requeue_of_a_running_job_resumes(single, tmp_path):
     images = Images(tmp_path)
-    proc = start(crdiff("-m", "hydra/launcher=slurm", *ONE_NODE, *long_args(single[1], 40),
+    proc = start(crdiff("-m", "hydra/launcher=slurm", *ONE_NODE, *long_args(single[1], 25),
                         "hydra.launcher.name=crdiff-requeue", f"output_dir={tmp_path}"))
     watch(proc, images, until=lambda: images.look() >= 3)
     [job] = squeue("crdiff-requeue")
@@ -278,7 +284,7 @@ def test_scontrol_requeue_of_a_running_job_resumes(single, tmp_path):
 @pytest.mark.slow
 def test_scancel_then_the_same_command_finishes_the_rest(single, tmp_path):
     images = Images(tmp_path)
-    cmd = crdiff("-m", "hydra/launcher=slurm", *ONE_NODE, *long_args(single[1], 40),
+    cmd = crdiff("-m", "hydra/launcher=slurm", *ONE_NODE, *long_args(single[1], 25),
                  "hydra.launcher.name=crdiff-cancel", f"output_dir={tmp_path}")
     proc = start(cmd)
     watch(proc, images, until=lambda: images.look() >= 3)
