@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# A one-node SLURM cluster on this machine, for the tests that submit real jobs (tests/test_slurm.py).
-#   bash scripts/slurm_cluster.sh up      # install if missing, configure, start; returns once the node is idle
+# A SLURM cluster on this machine, for the tests that submit real jobs (tests/test_slurm.py): node <hostname>
+# in the default partition `debug`, and a second slurmd on the same host, node <hostname>-2, which only the
+# partition `two` (both nodes) reaches, for the multi-node jobs (Debian builds SLURM with multiple slurmd).
+#   bash scripts/slurm_cluster.sh up      # install if missing, configure, start; returns once both nodes are idle
 #   bash scripts/slurm_cluster.sh status  # sinfo of the running cluster (exit 1 if it is down)
 #   bash scripts/slurm_cluster.sh down    # cancel every job, stop the daemons: nothing is left running
 # Needs root and Debian/Ubuntu (apt's slurm-wlm, 22.05 on Debian 12, and munge). It writes
@@ -26,18 +28,21 @@ configure() {
     echo "slurm_cluster: $CONF exists and was not written by this script; not touching a real cluster" >&2
     exit 1
   fi
-  mkdir -p "$DIR"/{state,spool,log} /etc/slurm
+  mkdir -p "$DIR"/{state,log} "$DIR/spool/$HOST" "$DIR/spool/$HOST-2" /etc/slurm
   if [[ ! -s /etc/munge/munge.key ]]; then  # the package usually made one; munged refuses a loose key
     mkdir -p /etc/munge
     head -c 1024 /dev/urandom >/etc/munge/munge.key
   fi
   chown -R munge:munge /etc/munge && chmod 700 /etc/munge && chmod 400 /etc/munge/munge.key
   mkdir -p /run/munge /var/lib/munge /var/log/munge && chown munge:munge /run/munge /var/lib/munge /var/log/munge
-  # The node line is slurmd's own reading of the hardware (CPUs, sockets, cores, memory), so it always matches.
-  # AuthInfo=cred_expire: SLURM holds a requeued job this long (default 120 s) before it may start again;
-  # 10 s keeps the requeue tests short. KillWait: seconds from SIGTERM to SIGKILL when a job is cancelled or
-  # requeued (default 30; submitit ignores SIGTERM, so the job works on until SIGKILL). No GRES (no GPUs) and
-  # no accounting (sacct answers with an error; docs/scale-out.md).
+  # The node lines are slurmd's own reading of the hardware (CPUs, sockets, cores, memory), so they match;
+  # the second node shares the first one's cores. AuthInfo=cred_expire: SLURM holds a requeued job this long
+  # (default 120 s) before it may start again, and sched_interval (default 60 s) is how often it then looks:
+  # 5 s each keeps the requeue tests short. KillWait: seconds from SIGTERM to SIGKILL when a job is cancelled
+  # or requeued (default 30; submitit ignores SIGTERM, so the job works on until SIGKILL). No GRES (no GPUs)
+  # and no accounting (sacct answers with an error; docs/scale-out.md).
+  local node
+  node=$(slurmd -C | head -1 | sed 's/^NodeName=[^ ]* //')
   cat >"$CONF" <<EOF
 $MARK
 ClusterName=crdiff
@@ -54,13 +59,15 @@ MpiDefault=none
 SlurmUser=root
 ReturnToService=2
 StateSaveLocation=$DIR/state
-SlurmdSpoolDir=$DIR/spool
+SlurmdSpoolDir=$DIR/spool/%n
 SlurmctldPidFile=$DIR/slurmctld.pid
-SlurmdPidFile=$DIR/slurmd.pid
+SlurmdPidFile=$DIR/slurmd-%n.pid
 SlurmctldLogFile=$DIR/log/slurmctld.log
-SlurmdLogFile=$DIR/log/slurmd.log
-$(slurmd -C | head -1) State=UNKNOWN
-PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
+SlurmdLogFile=$DIR/log/slurmd-%n.log
+NodeName=$HOST NodeHostname=$HOST Port=6818 $node State=UNKNOWN
+NodeName=$HOST-2 NodeHostname=$HOST Port=6819 $node State=UNKNOWN
+PartitionName=debug Nodes=$HOST Default=YES MaxTime=INFINITE State=UP
+PartitionName=two Nodes=$HOST,$HOST-2 MaxTime=INFINITE State=UP
 EOF
 }
 
@@ -73,15 +80,17 @@ up() {
   configure
   running $MUNGE_PID || su -s /bin/sh munge -c munged
   running "$DIR/slurmctld.pid" || slurmctld
-  running "$DIR/slurmd.pid" || slurmd
+  for node in "$HOST" "$HOST-2"; do
+    running "$DIR/slurmd-$node.pid" || slurmd -N "$node"
+  done
   for _ in $(seq 60); do
-    if [[ $(sinfo -h -n "$HOST" -o %t 2>/dev/null) == idle ]]; then
-      echo "slurm_cluster: node $HOST idle ($(sinfo -h -o '%c CPUs, %m MB'))"
+    if [[ $(sinfo -h -N -o %t 2>/dev/null | sort -u) == idle ]]; then
+      echo "slurm_cluster: nodes $HOST, $HOST-2 idle ($(sinfo -h -N -n "$HOST" -o '%c CPUs, %m MB each'))"
       return
     fi
     sleep 1
   done
-  echo "slurm_cluster: node $HOST not idle after 60 s; logs in $DIR/log" >&2
+  echo "slurm_cluster: nodes not idle after 60 s; logs in $DIR/log" >&2
   sinfo >&2 || true
   exit 1
 }
@@ -100,7 +109,8 @@ down() {
     scancel --full --quiet --user root 2>/dev/null || true
     for _ in $(seq 30); do [[ -z $(squeue -h 2>/dev/null) ]] && break; sleep 0.5; done
   fi
-  stop "$DIR/slurmd.pid"
+  stop "$DIR/slurmd-$HOST.pid"
+  stop "$DIR/slurmd-$HOST-2.pid"
   stop "$DIR/slurmctld.pid"
   stop $MUNGE_PID
   rm -rf "$DIR/state"  # the next cluster starts without the old jobs
