@@ -85,7 +85,7 @@ up() {
   done
   for _ in $(seq 60); do
     if [[ $(sinfo -h -N -o %t 2>/dev/null | sort -u) == idle ]]; then
-      echo "slurm_cluster: nodes $HOST, $HOST-2 idle ($(sinfo -h -N -n "$HOST" -o '%c CPUs, %m MB each'))"
+      echo "slurm_cluster: nodes $HOST, $HOST-2 idle ($(sinfo -h -N -n "$HOST" -o '%c CPUs, %m MB each' | head -1))"
       return
     fi
     sleep 1

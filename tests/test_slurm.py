@@ -15,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -84,7 +85,7 @@ def cluster():
     if reason and os.environ.get("CRDIFF_REQUIRE_SLURM") == "1":
         pytest.fail(f"CRDIFF_REQUIRE_SLURM=1 but {reason}")
     if reason:
-        pytest.skip(f"{reason}: to run the SLURM tests, `bash scripts/slurm_cluster.sh up` as root (README, Tests)")
+        pytest.skip(f"{reason}: to run the SLURM tests, `bash scripts/slurm_cluster.sh up` as root (README, Set-up)")
 
 
 def env() -> dict[str, str]:
@@ -103,8 +104,12 @@ def crdiff(*args: str) -> list[str]:
 
 
 def start(cmd: list[str]) -> subprocess.Popen:
-    return subprocess.Popen(cmd, cwd=ROOT, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    """The command in its own process group; its output goes to a file (a pipe nobody reads could fill)."""
+    out = tempfile.TemporaryFile("w+")
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env(), stdout=out, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
+    proc.output = out
+    return proc
 
 
 class Images:
@@ -135,7 +140,8 @@ def watch(proc: subprocess.Popen, images: Images, timeout: float = 600, until=No
         if until is not None and until():
             return None
         if proc.poll() is not None:
-            out = proc.stdout.read()
+            proc.output.seek(0)
+            out = proc.output.read()
             images.look()
             assert proc.returncode == 0, out[-4000:]
             return out
@@ -338,7 +344,7 @@ def test_scancel_then_the_same_command_finishes_the_rest(single, tmp_path):
     assert not squeue("crdiff-cancel")
     # without accounting submitit cannot see the job is gone and waits for its result: the user stops it
     os.killpg(proc.pid, signal.SIGINT)
-    proc.communicate(timeout=60)
+    proc.wait(timeout=60)
     before = images.look()
     assert 0 < before < N and not rows(tmp_path)
     watch(start(cmd), images)
