@@ -1,14 +1,13 @@
-"""Real SLURM jobs on a one-node cluster (scripts/slurm_cluster.sh up), driven as README and docs/scale-out.md
+"""Real SLURM jobs on a cluster on this machine (scripts/slurm_cluster.sh up), driven as README and docs/scale-out.md
 show them: srun tasks, a k sweep as an array, one multi-task job, a time limit with requeue, scancel, and
 `scontrol requeue` (what preemption does). Each makes every image exactly once and equal to one process.
 
 The presets' resources are overridden to fit one 2-core node without GPUs (gpus_per_node=0, 1 CPU and 1 GB
-per task). Without a reachable cluster these tests skip with one line saying how to bring it up; under
-CRDIFF_REQUIRE_SLURM=1 (set by .ci/run) they fail instead.
+per task). Without a reachable cluster this module skips with one line saying how to bring it up; under
+CRDIFF_REQUIRE_SLURM=1 (set by .ci/run) it fails instead. tests/test_slurm_unit.py needs no cluster.
 """
 
 import json
-import logging
 import os
 import re
 import shutil
@@ -23,45 +22,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from crdiff.experiment import slurm
-
 ROOT = Path(__file__).resolve().parents[1]
 ARGS = ["experiment=smoke", "metrics=none", "resolutions.sets=[default]", "prompts.limit=6", "sampler.batch_size=1",
         "sampler.steps=6"]
 N = 2 * 6  # dense and crdiff at 64x64
 ONE_NODE = ["hydra.launcher.gpus_per_node=0", "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1"]
-real_cluster = [pytest.mark.slurm, pytest.mark.slow]
-
-
-# -- without a cluster ------------------------------------------------------------------------------------
-def test_job_and_restart_count_come_from_slurm_s_variables(caplog):
-    assert slurm.job({}) is None
-    assert slurm.job({"SLURM_JOB_ID": "7"}) == {"job_id": "7", "restart_count": 0}
-    array = {"SLURM_JOB_ID": "12", "SLURM_ARRAY_JOB_ID": "10", "SLURM_ARRAY_TASK_ID": "2", "SLURM_RESTART_COUNT": "3"}
-    assert slurm.job(array) == {"job_id": "10_2", "restart_count": 3}
-    with caplog.at_level(logging.INFO, logger="crdiff"):
-        slurm.log_restarts({"SLURM_JOB_ID": "7"})
-        assert not caplog.records  # a first try says nothing
-        slurm.log_restarts(array)
-    assert caplog.messages == ["crdiff: SLURM job 10_2 restarted 3 times (time limit, preemption or requeue); "
-                               "resuming, finished images are skipped"]
-
-
-def test_sacct_error_is_explained_once():
-    logger, seen = logging.getLogger("submitit"), []
-    handler = logging.Handler()
-    handler.emit = lambda record: seen.append(record.getMessage())
-    logger.addHandler(handler)
-    try:
-        slurm.quiet_sacct()
-        slurm.quiet_sacct()  # idempotent: still one filter
-        for call in (1, 2, 3):
-            logger.warning(f"Call #{call} - Bypassing sacct error ..., status may be inaccurate.")
-        logger.warning("another warning")
-    finally:
-        logger.removeHandler(handler)
-    assert seen == [f"Call #1 - Bypassing sacct error ..., status may be inaccurate.\n{slurm.SACCT_HELP}",
-                    "another warning"]
 
 
 # -- the cluster ------------------------------------------------------------------------------------------
@@ -79,13 +44,12 @@ def unreachable() -> str | None:
     return None
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    reason = unreachable()
-    if reason and os.environ.get("CRDIFF_REQUIRE_SLURM") == "1":
-        pytest.fail(f"CRDIFF_REQUIRE_SLURM=1 but {reason}")
-    if reason:
-        pytest.skip(f"{reason}: to run the SLURM tests, `bash scripts/slurm_cluster.sh up` as root (README, Set-up)")
+REASON = unreachable()
+if REASON and os.environ.get("CRDIFF_REQUIRE_SLURM") == "1":
+    pytest.fail(f"CRDIFF_REQUIRE_SLURM=1 but {REASON}", pytrace=False)
+if REASON:
+    pytest.skip(f"{REASON}: to run the SLURM tests, `bash scripts/slurm_cluster.sh up` as root (README, Set-up)",
+                allow_module_level=True)
 
 
 def env() -> dict[str, str]:
@@ -170,7 +134,7 @@ def rows(out: Path) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def single(cluster, tmp_path_factory):
+def single(tmp_path_factory):
     """One plain process: the reference images, and the seconds per image this machine takes now as a
     function of the steps (`long_args`)."""
     out = tmp_path_factory.mktemp("single")
