@@ -8,7 +8,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from crdiff.experiment import distributed, planner, preflight, schemas
+from crdiff.experiment import distributed, planner, preflight, schemas, slurm
 from crdiff.experiment.config import RunConfig
 from crdiff.experiment.run import check_device, execute, plan, plan_search
 
@@ -27,6 +27,7 @@ def cli() -> None:
     from omegaconf import OmegaConf
 
     schemas.register()
+    slurm.quiet_sacct()  # under hydra/launcher=slurm*, on a SLURM without accounting
     # <output_dir>/presets is on the search path for presets a search writes; before the first search it
     # does not exist yet, which is normal, not worth a warning on every run
     warnings.filterwarnings("ignore", message=r"provider=hydra\.searchpath in main, path=.*presets is not available")

@@ -29,6 +29,7 @@ def provenance(device: str = "cpu", machine=None) -> dict[str, Any]:
     import torch
     import transformers
 
+    from crdiff.experiment import slurm
     from crdiff.experiment.hardware import probe
 
     machine = probe() if machine is None else machine
@@ -45,6 +46,7 @@ def provenance(device: str = "cpu", machine=None) -> dict[str, Any]:
         "torch_cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version() if torch.cuda.is_available() else None,
         "driver": machine.driver, "driver_cuda": machine.driver_cuda, "gpus": list(machine.names),
         "host": socket.gethostname(), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "slurm": slurm.job(),  # job id and restart count (requeues at a time limit, preemption), None outside SLURM
     }
 
 

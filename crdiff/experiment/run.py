@@ -18,7 +18,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from crdiff.experiment import checks, distributed, hardware, presets
+from crdiff.experiment import checks, distributed, hardware, presets, slurm
 from crdiff.experiment.claims import Claims
 from crdiff.experiment.config import RunConfig
 from crdiff.models import MODELS, Resolution
@@ -314,6 +314,7 @@ def execute(run: RunConfig, p: Plan | None = None) -> dict[str, Any]:
     """Plan, generate this rank's share, gather once; returns counts (summed over ranks) and the table."""
     p = p or plan(run)
     check_device(p)
+    slurm.log_restarts()
     ranks, device = distributed.init(run.device)
     try:
         distributed.check_shared(p.output_dir, ranks)
