@@ -1,4 +1,4 @@
-"""The protocol as the docs state it is the protocol the experiment files run: method.md §4's sampling
+"""The protocol as the docs state it is the protocol the experiment files run: docs/method.md §4's sampling
 sentences and protocol.md's settings table are read and compared with the composed configs."""
 
 import re
