@@ -69,6 +69,7 @@ def load_table(output_dir: str | Path):
         for name, bounds in (row.get("ci95") or {}).items():
             flat[f"{name}_lo"], flat[f"{name}_hi"] = bounds if bounds else (None, None)
         flat["experiments"] = tuple(row.get("experiments") or ([row["experiment"]] if "experiment" in row else []))
-        flat["scores"], flat["output_dir"] = row.get("scores") or {}, str(output_dir)
+        flat["scores"], flat["intervals"], flat["output_dir"] = (row.get("scores") or {}, row.get("intervals") or {},
+                                                                 str(output_dir))
         rows.append(flat)
     return pd.DataFrame(rows)

@@ -29,6 +29,7 @@ from crdiff.pruning import GROUPS
 from crdiff.experiment import methods
 from crdiff.experiment.keys import METRICS_VERSION, run_key
 from crdiff.experiment.results import load_table, provenance, write_row
+from crdiff.metrics.fid import KID_SUBSETS
 
 log = logging.getLogger("crdiff")
 POLL_S = 2.0  # how often a job re-checks images other processes hold
@@ -259,7 +260,8 @@ def row(p: Plan, job: Job, prov: dict[str, Any], scores: dict[str, Any]) -> dict
         "preprocessing": p.run.metrics.preprocessing, **checks.count(job.folder, len(p.prompts)),
         "provenance": prov, **(scores or {"metrics": {}, "ci95": {}, "scores": {}}),
         "intervals": {"resamples": p.run.metrics.resamples, "feature_resamples": p.run.metrics.feature_resamples,
-                      "seed": p.run.metrics.interval_seed, "level": 0.95, "method": "percentile bootstrap over prompts"},
+                      "seed": p.run.metrics.interval_seed, "level": 0.95, "method": "percentile bootstrap over prompts",
+                      "kid_subsets": KID_SUBSETS, "kid_subset_size": min(p.run.metrics.kid_subset_size, len(p.prompts))},
         # how rank 0 held the pruned weights (amplify.weights resolved); kept from the last run that generated
         "weights": p.weights[job.key] if job.key in p.weights else old.get("weights"),
     }

@@ -21,6 +21,9 @@ def to_uint8(images: list[Image.Image]) -> torch.Tensor:
     return torch.from_numpy(np.stack([np.asarray(im.convert("RGB")) for im in images])).permute(0, 3, 1, 2)
 
 
+KID_SUBSETS = 100  # torchmetrics' default number of random subsets
+
+
 def frechet(real: torch.Tensor, fake: torch.Tensor) -> float:
     """FID of two feature sets (rows = images), in float64 as torchmetrics computes it."""
     from torchmetrics.image.fid import _compute_fid
@@ -142,7 +145,7 @@ class KID(_FeatureMetric):
     name = "kid"
 
     def __init__(self, feature: nn.Module | int = 2048, feature_name: str = "inception2048", device: str = "cpu",
-                 subsets: int = 100, subset_size: int = 1000):
+                 subsets: int = KID_SUBSETS, subset_size: int = 1000):
         from torchmetrics.image.kid import KernelInceptionDistance
 
         try:

@@ -6,6 +6,7 @@ from crdiff.metrics.base import ImageMetric
 
 METRICS = ("fid", "kid", "clip", "image_reward", "pickscore", "aesthetic", "digit_fid", "digit_accuracy")
 REFERENCE_METRICS = ("fid", "kid", "digit_fid")  # distribution metrics: they need real reference images
+BINARY_METRICS = ("digit_accuracy",)  # per-image 0 / 1 outcomes: paired gains also get McNemar's exact test
 
 
 def metric_class(name: str) -> type[ImageMetric]:
