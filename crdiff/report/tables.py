@@ -172,8 +172,9 @@ def better_mask(table: pd.DataFrame) -> pd.DataFrame:
             continue
         values = table[metric]
         best = values.max(axis=1) if COLUMNS[metric][1] else values.min(axis=1)
+        compared = values.notna().sum(axis=1) > 1  # a value alone (the other cell missing) is not "better"
         for method in values.columns:
-            mask[(metric, method)] = values[method] == best
+            mask[(metric, method)] = (values[method] == best) & compared
     return mask
 
 
