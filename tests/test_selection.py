@@ -38,7 +38,7 @@ def test_tables_select_one_run_per_cell_with_intervals_from_per_image_scores(tmp
         scores = pd.read_csv(out / row["scores"]["per_image"])
         assert list(scores.columns) == ["index", "prompt", "seed", "clip"] and len(scores) == 4
         assert scores.seed.tolist() == [row["seed"] + i for i in range(4)]
-        assert scores.clip.mean() == pytest.approx(row["metrics"]["clip"], abs=1e-12)
+        assert scores["clip"].mean() == pytest.approx(row["metrics"]["clip"], abs=1e-12)
         features = np.load(out / row["scores"]["features"]["fid"])
         assert features.shape == (4, 64) and set(row["ci95"]) == {"fid", "clip"}
         low, high = row["ci95"]["clip"]
