@@ -141,3 +141,12 @@ def test_a_pinned_revision_does_not_override_the_safety_checker_setting(tmp_path
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert load_pipeline("someone/sd15-copy", revision=revision).safety_checker is None
     assert load_pipeline("someone/sd15-copy", revision=revision, safety_checker="keep").safety_checker is not None
+
+
+@pytest.mark.parametrize("experiment", ["table_a", "table_b", "sweep_k", "sweep_ratios", "baselines"])
+def test_table_experiments_keep_the_safety_checker_as_the_paper_evidently_did(experiment):
+    from test_run import compose_run
+
+    assert compose_run(f"experiment={experiment}", "model=sd15").model.safety_checker == "keep"
+    assert compose_run(f"experiment={experiment}", "model=sd15", "model.safety_checker=drop").model.safety_checker == "drop"
+    assert compose_run("experiment=smoke").model.safety_checker == "drop"
