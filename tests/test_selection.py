@@ -90,3 +90,22 @@ def test_dense_far_from_the_paper_is_flagged_before_any_gain(tmp_path):
     done = make_tables("--results", tmp_path, "--out", tmp_path / "tables")
     assert done.returncode == 0, done.stderr[-3000:]
     assert "warning: dense sdxl 1024x1024 fid is 60.000, the paper's 33.186 (outside ±3.319)" in done.stderr
+
+
+@pytest.mark.slow
+def test_rows_scored_before_per_image_scores_are_rescored_by_rerunning_the_command(tmp_path):
+    out = tmp_path / "out"
+    args = ["experiment=smoke", "metrics.names=[clip]", "resolutions.sets=[default]", "methods=[dense]",
+            f"output_dir={out}"]
+    first = execute(compose_run(*args))
+    (path,) = (out / "results").glob("*.json")
+    row = json.loads(path.read_text())
+    old = {k: v for k, v in row.items() if k not in ("ci95", "scores", "intervals")}  # a row as written before
+    path.write_text(json.dumps(old))
+    for file in (out / "scores").iterdir():
+        file.unlink()
+    again = execute(compose_run(*args))
+    assert again["generated"] == 0  # the kept images, scored again
+    row = json.loads(path.read_text())
+    assert (out / row["scores"]["per_image"]).is_file() and row["ci95"]["clip"] is not None
+    assert row["metrics"]["clip"] == pytest.approx(first["table"]["clip"][0], abs=1e-12)
