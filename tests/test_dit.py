@@ -6,6 +6,7 @@ import torch
 
 import crdiff
 from crdiff.experiment import methods
+from crdiff.models import Resolution
 from crdiff.pruning import target_modules
 from crdiff.reference import pruned_copy, two_copy_forward
 
@@ -110,7 +111,7 @@ def test_runner_on_tiny_flux_with_the_dit_pruning_config(tmp_path):
 def test_unet_only_methods_refuse_a_dit_clearly(clean):
     run = compose_run("experiment=smoke", "model=tiny-sd3")
     with pytest.raises(ValueError, match="UNet"):
-        methods.apply(clean("sd3"), run, "freeu", methods.Resolution(64, 64))
+        methods.apply(clean("sd3"), run, "freeu", Resolution(64, 64))
 
 
 def test_a_size_the_transformer_cannot_patch_is_one_clear_error():

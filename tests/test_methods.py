@@ -6,6 +6,9 @@ import pytest
 import torch
 
 from crdiff.experiment import methods
+from crdiff.experiment.methods.entropy import EntropyScaling
+from crdiff.experiment.methods.freeu import freeu_values
+from crdiff.models import Resolution
 from crdiff.experiment.config import RunConfig
 
 from test_run import compose_run
@@ -28,7 +31,7 @@ def run() -> RunConfig:
 def test_every_method_removes_back_to_dense_exactly(tiny_pipes, run, name):
     pipe = tiny_pipes("sdxl")
     dense = generate(pipe, 40, 72)
-    methods.apply(pipe, run, name, methods.Resolution(40, 72))
+    methods.apply(pipe, run, name, Resolution(40, 72))
     changed = generate(pipe, 40, 72)
     methods.remove(pipe)
     assert torch.equal(generate(pipe, 40, 72), dense)
@@ -40,7 +43,7 @@ def test_every_method_removes_back_to_dense_exactly(tiny_pipes, run, name):
 def test_entropy_scaling_is_plain_attention_at_the_training_size(tiny_pipes, run):
     pipe = tiny_pipes("sd15")
     dense = generate(pipe, 64, 64)  # tiny models are "trained" at 64x64
-    methods.apply(pipe, run, "entropy", methods.Resolution(64, 64))
+    methods.apply(pipe, run, "entropy", Resolution(64, 64))
     try:
         assert torch.equal(generate(pipe, 64, 64), dense)
     finally:
@@ -48,7 +51,7 @@ def test_entropy_scaling_is_plain_attention_at_the_training_size(tiny_pipes, run
 
 
 def test_entropy_scaling_factor():
-    hook = methods.EntropyScaling(pixel_ratio=4.0)  # test image has 1/4 of the training pixels
+    hook = EntropyScaling(pixel_ratio=4.0)  # test image has 1/4 of the training pixels
     q = torch.randn(2, 100, 8)
     want = q * math.sqrt(math.log(100) / math.log(400))
     torch.testing.assert_close(hook.post_forward(None, q), want, rtol=0, atol=0)
@@ -60,7 +63,7 @@ def test_pruning_baselines_share_the_crdiff_settings(run):
     assert bwp.k == 1.0 and bwp.ratios == crd.ratios
     assert set(uniform.ratios.values()) == {sum(crd.ratios.values()) / 3} and uniform.k == crd.k
     assert rnd.criterion == "random" and rnd.ratios == crd.ratios and rnd.k == crd.k
-    assert methods.freeu_values(run) == (0.9, 0.2, 1.3, 1.4)  # SDXL's published values
+    assert freeu_values(run) == (0.9, 0.2, 1.3, 1.4)  # SDXL's published values
 
 
 def test_one_experiment_runs_every_method_side_by_side(tmp_path):

@@ -8,6 +8,7 @@ from PIL import Image
 from crdiff import native
 from crdiff.amplify import apply_crdiff, remove_crdiff
 from crdiff.experiment import methods
+from crdiff.experiment.methods.native_resize import native_rule
 from crdiff.experiment.results import device_name
 from crdiff.experiment.run import execute, plan
 from crdiff.experiment.sampling import denoiser_passes
@@ -33,13 +34,13 @@ def test_area_buckets_pick_the_training_area_closest_in_aspect(model, train, mul
     buckets = native.area_buckets(train, multiple)
     assert all(b.height % multiple == 0 and b.width % multiple == 0 for b in buckets)
     assert {t: native.bucket(R.parse(t), buckets, train) for t in want} == want
-    rule = methods.native_rule(compose_run(f"model={model}"))
+    rule = native_rule(compose_run(f"model={model}"))
     assert rule.buckets == buckets and rule.train == train
 
 
 def test_native_size_train_always_draws_at_the_training_size_and_changes_the_key(tmp_path):
     run = compose_run("experiment=miniature", "baselines.native_size=train")
-    assert methods.native_rule(run).size(R(32, 64)) == R(32, 32)
+    assert native_rule(run).size(R(32, 64)) == R(32, 32)
     keys = {}
     for size in ("bucket", "train"):
         p = plan(compose_run("experiment=miniature", f"output_dir={tmp_path}", f"baselines.native_size={size}"))
@@ -68,7 +69,7 @@ def call(n=2):
 
 def test_native_resize_is_dense_at_the_bucket_then_fit(tiny_pipes):
     pipe = tiny_pipes("sd15")  # "trained" at 64x64
-    rule = methods.native_rule(compose_run("model=tiny-sd15"))
+    rule = native_rule(compose_run("model=tiny-sd15"))
     same = native.native_resize(pipe, R(64, 64), rule, **call())
     dense = pipe(height=64, width=64, **call()).images
     assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(same, dense))
@@ -82,7 +83,7 @@ def test_native_resize_is_dense_at_the_bucket_then_fit(tiny_pipes):
 def test_native_resize_of_a_changed_pipeline_is_an_error(tiny_pipes):
     """The composition rule: CR-Diff (or FreeU / entropy scaling) then native_resize is refused, not combined."""
     pipe, run, res = tiny_pipes("sd15"), compose_run("model=tiny-sd15"), R(40, 72)
-    rule = methods.native_rule(run)
+    rule = native_rule(run)
     apply_crdiff(pipe)
     try:
         with pytest.raises(ValueError, match="CR-Diff"):

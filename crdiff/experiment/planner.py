@@ -12,7 +12,9 @@ import itertools
 from dataclasses import dataclass
 from pathlib import Path
 
+from crdiff.experiment import methods
 from crdiff.experiment.config import RunConfig
+from crdiff.experiment.run import plan
 from crdiff.models import DTYPES, Resolution
 
 THROUGHPUT = Path(__file__).resolve().parents[2] / "results" / "bench" / "throughput.csv"
@@ -106,13 +108,10 @@ def measurements(path: Path = THROUGHPUT) -> list[Measurement]:
                 for r in csv.DictReader(f)]
 
 
-def cost_class(run: RunConfig, method: str) -> str:
+def cost_class(run: RunConfig, method: str, resolution: Resolution | None = None) -> str:
     """`crdiff` (two denoiser evaluations per step, one batched call) / `crdiff_sequential` / `dense`
-    (one evaluation: dense, bwp's pruned net alone, freeu, entropy)."""
-    crd = run.method(method)
-    if crd is None or crd.k in (0.0, 1.0):
-        return "dense"
-    return "crdiff" if crd.batched else "crdiff_sequential"
+    (one evaluation: dense, bwp's pruned net alone, freeu, entropy): the method's own (Method.cost_class)."""
+    return methods.get(run, method).cost_class(resolution)
 
 
 def seconds_per_image(table: list[Measurement], model: str, resolution: Resolution, dtype: str, method: str,
@@ -162,8 +161,6 @@ def _done(folder: Path, n: int) -> tuple[int, float | None]:
 
 def rows_of(run: RunConfig) -> tuple[list[Row], list[str]]:
     """The jobs of one run, and why a job's count or folder is unknown (a missing prompt file)."""
-    from crdiff.experiment.run import plan
-
     try:
         p = plan(run)
     except ValueError as err:

@@ -1,4 +1,4 @@
-"""The Hydra entry point: `python -m crdiff.run experiment=smoke` (the only module that sees DictConfig).
+"""What `python -m crdiff.run` (crdiff/run.py, the Hydra entry point) runs: plan, generate, score, write rows.
 
 One job = every method × resolution of the config over one prompt set. Every image is made exactly
 once by whichever rank or concurrent job claims it first; finished images are skipped, so running the
@@ -11,9 +11,7 @@ import itertools
 import json
 import logging
 import os
-import sys
 import time
-import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -325,72 +323,3 @@ def execute(run: RunConfig, p: Plan | None = None) -> dict[str, Any]:
     finally:
         distributed.shutdown()
     return {**counts, "table": table, "output_dir": str(p.output_dir)}
-
-
-def preset_overrides(run: RunConfig, preset: Path) -> str:
-    """The overrides that select a preset the search wrote (its folder is on the search path by default)."""
-    choice = f"pruning={preset.stem}"
-    if preset.parent.parent.resolve() == (Path(run.output_dir) / "presets").resolve() and run.output_dir == "outputs":
-        return choice
-    return f"{choice} 'hydra.searchpath=[file://{preset.parent.parent.resolve()}]'"
-
-
-def cli() -> None:
-    """Console entry point (`crdiff-run`), same as `python -m crdiff.run`."""
-    import hydra
-    from omegaconf import OmegaConf
-
-    from crdiff.experiment import schemas
-
-    schemas.register()
-    # <output_dir>/presets is on the search path for presets a search writes; before the first search it
-    # does not exist yet, which is normal, not worth a warning on every run
-    warnings.filterwarnings("ignore", message=r"provider=hydra\.searchpath in main, path=.*presets is not available")
-
-    @hydra.main(version_base="1.3", config_path=str(Path(__file__).resolve().parents[2] / "conf"),
-                config_name="config")
-    def main(cfg) -> None:
-        from hydra.core.hydra_config import HydraConfig
-
-        from crdiff.experiment import planner, preflight
-
-        overrides = list(HydraConfig.get().overrides.task)
-        try:
-            run = RunConfig.from_dict(OmegaConf.to_container(cfg, resolve=True))
-            if run.task == "plan":  # loads no weights: prints the jobs, their cost and what is missing
-                print(planner.report(planner.runs_of(overrides, HydraConfig.get()), overrides))
-                return
-            missing = preflight.check(run, overrides)  # every file the run will read, before any model loads
-            for piece in missing:
-                print(f"crdiff: error: {piece}", file=sys.stderr)
-            if missing:
-                sys.exit(2)
-            checked = plan(run)  # every input check, before any model loads
-            check_device(checked)
-        except (ValueError, TypeError) as err:
-            print(f"crdiff: error: {err}", file=sys.stderr)
-            sys.exit(2)
-        if run.task == "search":
-            from crdiff.experiment.ratio_search import run_search
-
-            result = run_search(run)
-            if "preset" in result:
-                print(f"crdiff: search best {result['best_score']:.4f} at {result['best']} after "
-                      f"{result['iterations']} iterations -> preset {result['preset']}\n"
-                      f"crdiff: use it with {preset_overrides(run, Path(result['preset']))}")
-            return
-        summary = execute(run, checked)
-        if summary["table"] is None:  # ranks other than 0 report nothing
-            return
-        print(f"crdiff: generated {summary['generated']} images, skipped {summary['skipped']} "
-              f"(output_dir={summary['output_dir']})")
-        if len(summary["table"]):
-            cols = ["method", "setting", "resolution", "n_images", "k", *run.metrics.names, "denoiser_calls",
-                    "seconds_per_image", "key"]
-            print(summary["table"][cols].to_string(index=False))
-
-    main()
-
-
-if __name__ == "__main__":
-    cli()
