@@ -194,6 +194,8 @@ def scored(p: Plan, job: Job) -> dict[str, Any] | None:
     its interval and its per-image file on disk; else None (rows scored before per-image scores existed
     are rescored from their kept images by rerunning the command that made them)."""
     old = existing_row(p, job)
+    if not old:
+        return None
     files = old.get("scores") or {}
     names = set(p.run.metrics.names)
     if not (names <= set(old.get("metrics", {})) and names <= set(old.get("ci95", {}))):
