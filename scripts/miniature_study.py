@@ -7,7 +7,9 @@
     python -m crdiff.run experiment=miniature methods=[dense,native_resize] output_dir=study/native
     python -m crdiff.run experiment=miniature prompts.limit=10 metrics=none resolutions.unseen=[32x64,64x64] \
         output_dir=study/cost
-    python scripts/miniature_study.py --main outputs --baselines study/baselines --sweep-k study/sweep_k \
+    python -m crdiff.run -m experiment=miniature sampler.seed=0,1000,2000 'resolutions.unseen=[24x24]' \
+        'methods=[dense,crdiff]' output_dir=study/seeds                        # three seed sets, paired
+    python scripts/miniature_study.py --main outputs --seeds study/seeds --baselines study/baselines --sweep-k study/sweep_k \
         --sweep-ratios study/sweep_ratios --native study/native --cost study/cost --out results/miniature
 """
 
@@ -110,7 +112,7 @@ def real_floor(sizes=(50, 100), draws: int = 20, seed: int = 0) -> tuple[str, di
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    for name in ("main", "baselines", "sweep_k", "sweep_ratios", "native", "cost"):
+    for name in ("main", "seeds", "baselines", "sweep_k", "sweep_ratios", "native", "cost"):
         parser.add_argument(f"--{name.replace('_', '-')}", help=f"output_dir of the {name} run")
     parser.add_argument("--real-floor", action="store_true",
                         help="digit-FID of random subsets of the real digits against all of them (the small-sample floor)")
@@ -119,10 +121,14 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    if args.main:
-        rows, cells = study_cells(args.main, "miniature")
-        lines = header("Miniature: dense vs CR-Diff", rows, "make main (one seed set); the study: python -m crdiff.run -m "
-                       "experiment=miniature sampler.seed=0,1000,2000", args.main)
+    for name, folder in (("main", args.main), ("seeds", args.seeds)):
+        if not folder:
+            continue
+        rows, cells = study_cells(folder, "miniature")
+        command = ("make main" if name == "main" else "python -m crdiff.run -m experiment=miniature "
+                   "sampler.seed=0,1000,2000 'resolutions.unseen=[24x24]' 'methods=[dense,crdiff]'")
+        lines = header("Miniature: dense vs CR-Diff" + (", three seed sets" if name == "seeds" else ""), rows, command,
+                       folder)
         methods = tuple(m for m in METHODS if m in set(rows.method))
         for setting, title in (("default", "Training resolution"), ("unseen", "Unseen resolutions")):
             lines += [f"## {title}", "", to_markdown(paper_table(cells, setting, methods)), ""]
@@ -136,9 +142,11 @@ def main(argv=None) -> int:
                   "(`real_floor.md`): a cell's digit-FID is read against this, not against 0.", ""]
         if "seconds_device" in rows:
             lines.append(cost_note(rows))
-        (out / "main.md").write_text("\n".join(lines))
-        (out / "main_gains.csv").write_text(found.to_csv(index=False))
-        written += [out / "main.md", out / "main_gains.csv", metric_vs_resolution(cells, "digits", out)]
+        (out / f"{name}.md").write_text("\n".join(lines))
+        (out / f"{name}_gains.csv").write_text(found.to_csv(index=False))
+        written += [out / f"{name}.md", out / f"{name}_gains.csv"]
+        if name == "main":
+            written.append(metric_vs_resolution(cells, "digits", out))
     if args.baselines:
         rows, cells = study_cells(args.baselines, "miniature_baselines")
         cells = ordered(cells)

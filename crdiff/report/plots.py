@@ -23,7 +23,8 @@ def _errorbar(ax, x, group: pd.DataFrame, metric: str, **style) -> None:
     """A line with the cells' 95% intervals as error bars where they have one."""
     lo, hi = f"{metric}_lo", f"{metric}_hi"
     if lo in group and group[lo].notna().all():
-        yerr = [group[metric] - group[lo], group[hi] - group[metric]]
+        # clipped at 0: a resampled FID's interval may lie wholly above its value (crdiff.metrics.intervals)
+        yerr = [(group[metric] - group[lo]).clip(lower=0), (group[hi] - group[metric]).clip(lower=0)]
         ax.errorbar(x, group[metric], yerr=yerr, marker="o", capsize=3, **style)
     else:
         ax.plot(x, group[metric], marker="o", **style)
