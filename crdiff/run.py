@@ -8,7 +8,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from crdiff.experiment import planner, preflight, schemas
+from crdiff.experiment import distributed, planner, preflight, schemas
 from crdiff.experiment.config import RunConfig
 from crdiff.experiment.run import check_device, execute, plan
 
@@ -62,7 +62,11 @@ def cli() -> None:
                       f"{result['iterations']} iterations -> preset {result['preset']}\n"
                       f"crdiff: use it with {preset_overrides(run, Path(result['preset']))}")
             return
-        summary = execute(run, checked)
+        try:
+            summary = execute(run, checked)
+        except distributed.NotShared as err:  # found at start, on every rank
+            print(f"crdiff: error: {err}", file=sys.stderr)
+            sys.exit(2)
         if summary["table"] is None:  # ranks other than 0 report nothing
             return
         print(f"crdiff: generated {summary['generated']} images, skipped {summary['skipped']} "

@@ -12,6 +12,7 @@ from scipy import linalg
 from crdiff.metrics import MetricUnavailableError, build_metric, preprocess
 from crdiff.metrics.fid import to_uint8
 from crdiff.metrics.tiny import TinyFeatures, tiny_open_clip
+import hubcache
 
 PROMPTS = ["a cat", "a red bus", "two dogs", "a lighthouse", "a bowl of fruit", "a horse", "pasta", "a city"]
 
@@ -129,7 +130,7 @@ def test_rank_count_invariance(tmp_path):
 
 def test_missing_weights_offline_name_the_prefetch_command(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HOME", str(tmp_path))
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    hubcache.use(monkeypatch, tmp_path / "hub")
     for name in ("pickscore", "aesthetic", "clip"):
         with pytest.raises(MetricUnavailableError, match="scripts/prefetch_weights.py"):
             build_metric(name)

@@ -11,6 +11,7 @@ from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 import crdiff
 from crdiff import ModelUnavailableError, Resolution, load_pipeline
 from crdiff.tiny import build
+import hubcache
 
 
 def test_registry_agrees_with_the_paper_and_the_configs():
@@ -66,7 +67,7 @@ def test_unknown_model_is_a_clear_error():
 
 def test_missing_hub_model_offline_names_the_fix(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HOME", str(tmp_path))
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    hubcache.use(monkeypatch, tmp_path / "hub")
     assert os.environ["HF_HUB_OFFLINE"] == "1"
     with pytest.raises(ModelUnavailableError, match=r"scripts/prefetch_weights.py model=sd15` or `hf download "
                                                      r"stable-diffusion-v1-5/stable-diffusion-v1-5 "):

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from crdiff.experiment.config import RunConfig
-from crdiff.weights import LocalFiles, Requirement, offline
+from crdiff.weights import LocalFiles, Requirement, has_token, offline
 
 PREPARE_COCO = ("python scripts/prepare_coco5k.py --captions annotations/captions_val2014.json "
                 "--images val2014/ --out data/coco5k")
@@ -93,6 +93,11 @@ def missing_weights(run: RunConfig, overrides: list[str], reachable: bool | None
     for piece in requirements(run):
         local = isinstance(piece, LocalFiles) or getattr(piece, "is_folder", False)
         problem = piece.missing()
+        if problem is not None and reachable and not local and piece.gate \
+                and not has_token():  # it would download at first use, but not without a token
+            out.append(Missing(piece.what, problem, "accept the licence, then `hf auth login` (or set HF_TOKEN) and "
+                               f"`{prefetch_command(overrides)}`"))
+            continue
         if problem is None or (reachable and not local):
             continue
         if local:

@@ -33,6 +33,9 @@ class PromptSet:
     prompts: tuple[str, ...]
     ids: tuple[str, ...]
     image_paths: tuple[str, ...] | None = None  # real images (FID reference), e.g. COCO-5K; any number
+    # content hash of the whole set before `prompts.limit` cut it: the images' key, so the first 500
+    # images of a 5,000-prompt run are the images of the 500-prompt run
+    source: str = ""
 
     def __post_init__(self) -> None:
         if not self.prompts:
@@ -50,9 +53,17 @@ class PromptSet:
         if repeated and self.name != "digits":
             log.warning("prompt set '%s' repeats %d prompt texts (ids differ, so do seeds)", self.name, repeated)
 
+    @staticmethod
+    def hash(ids, prompts) -> str:
+        return hashlib.sha256(json.dumps([list(ids), list(prompts)]).encode()).hexdigest()[:12]
+
     def digest(self) -> str:
-        """Content hash (ids and texts): a changed prompt set never reuses another's images."""
-        return hashlib.sha256(json.dumps([self.ids, self.prompts]).encode()).hexdigest()[:12]
+        """Content hash (ids and texts) of these prompts: a changed prompt set never reuses another's results."""
+        return self.hash(self.ids, self.prompts)
+
+    def source_digest(self) -> str:
+        """Content hash of the set these prompts were cut from (themselves when not cut)."""
+        return self.source or self.digest()
 
     def reference_digest(self) -> str:
         """Hash of the reference image list (paths and sizes): the key of cached real statistics."""
@@ -100,11 +111,12 @@ def load_prompts(kind: str = "builtin", path: str | None = None, limit: int | No
         name = file.stem if file.stem != "prompts" else file.parent.name
     else:
         raise ValueError(f"unknown prompt kind {kind!r}; valid choices: ['builtin', 'csv', 'list', 'digits']")
+    source = PromptSet.hash(ids, prompts)
     if limit is not None:
         if limit < 1:
             raise ValueError(f"prompts.limit is {limit}; it must be a positive integer or null")
         prompts, ids, images = prompts[:limit], ids[:limit], images[:limit] if images and paired else images
-    return PromptSet(name, tuple(prompts), tuple(ids), tuple(images) if images else None)
+    return PromptSet(name, tuple(prompts), tuple(ids), tuple(images) if images else None, source)
 
 
 def write_prompt_csv(path: str | Path, ids: list[str], prompts: list[str], extra: dict[str, list] | None = None) -> None:

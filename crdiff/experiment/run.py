@@ -57,7 +57,10 @@ def plan(run: RunConfig) -> Plan:
     """Validate everything that can be checked without a model, and lay out the jobs."""
     out = run.check_output_dir()
     prompts = load_prompts(run.prompts.kind, run.prompts.path, run.prompts.limit, run.prompts.texts)
-    prompt_key = {"name": prompts.name, "digest": prompts.digest(), "n": len(prompts)}
+    # images are keyed by the prompt set before prompts.limit cut it (image i is prompt i, seed + i whatever
+    # the limit), result rows by the prompts they score
+    source_key = {"name": prompts.name, "source": prompts.source_digest()}
+    prompt_key = {"digest": prompts.digest(), "n": len(prompts)}
     if run.metrics.needs_reference:
         if prompts.image_paths is None:
             raise ValueError(f"metrics {run.metrics.names} include fid/kid, which need reference images: a prompt "
@@ -73,10 +76,11 @@ def plan(run: RunConfig) -> Plan:
     for method in run.methods:
         for setting, res in run.resolutions.selected():
             # per resolution: under pruning.searched each resolution has its own ratios
-            images_key = run_key(model=run.model, sampler=run.sampler, prompts=prompt_key, method=method,
+            images_key = run_key(model=run.model, sampler=run.sampler, prompts=source_key, method=method,
                                  settings=methods.settings(run, method, res))
             images = out / "images" / run.model.name.replace("/", "--") / f"{method}-{images_key}"
-            key = run_key(images=images_key, resolution=str(res), metrics=run.metrics, metrics_version=METRICS_VERSION)
+            key = run_key(images=images_key, prompts=prompt_key, resolution=str(res), metrics=run.metrics,
+                          metrics_version=METRICS_VERSION)
             jobs.append(Job(method, setting, res, key, images / str(res)))
     return Plan(run, prompts, jobs, out)
 
@@ -109,9 +113,17 @@ def generate_all(p: Plan, ranks: distributed.Ranks, device: str) -> int:
     shared dense images, the same command twice) split the work and a dead job's claims are taken
     over. It returns once every image exists; the model loads only if something is left to make.
     """
-    from crdiff.experiment.sampling import is_done
+    from crdiff.experiment.sampling import identity, image_path, is_done, mark_done, verified
 
     n, size, seed = len(p.prompts), p.run.sampler.batch_size, p.run.sampler.seed
+    ids = [identity(p.prompts, i, seed) for i in range(n)]
+    known = {job.folder: verified(job.folder) for job in p.jobs}
+
+    def done(job: Job, i: int) -> bool:  # recorded complete and still there, else checked (and decoded)
+        mark = known[job.folder]
+        return (i < len(mark) and mark[i] == ids[i] and image_path(job.folder, i).exists()) or \
+            is_done(job.folder, p.prompts, i, seed)
+
     order = []
     for job in p.jobs:
         batches = [(job, list(range(s, min(s + size, n)))) for s in range(0, n, size)]
@@ -122,10 +134,15 @@ def generate_all(p: Plan, ranks: distributed.Ranks, device: str) -> int:
     while True:
         held_elsewhere = []
         for job, batch in order:
-            todo = [i for i in batch if not is_done(job.folder, p.prompts, i, seed)]
-            if todo and not maker.make(job, todo):
+            todo = [i for i in batch if not done(job, i)]
+            # images of this batch another process holds (all, or the rest of a batch it shares with a job
+            # of another sampler.batch_size): come back until they exist, or take them over when their lease ends
+            if todo and maker.make(job, todo) < len(todo):
                 held_elsewhere.append((job, batch))
         if not held_elsewhere:
+            for job in p.jobs:
+                if known[job.folder][:n] != ids:
+                    mark_done(job.folder, p.prompts, seed)
             return maker.close()
         if not waited:
             log.info("waiting for %d batches claimed by other processes", len(held_elsewhere))
@@ -142,14 +159,14 @@ class _Maker:
         self.claims = {job.folder: Claims(job.folder, p.run.lease_min * 60) for job in p.jobs}
         self.bar = tqdm(desc="images", unit="img", disable=not show)
 
-    def make(self, job: Job, todo: list[int]) -> bool:
-        """Claim `todo` in order up to the first image held elsewhere, make those; False if none."""
+    def make(self, job: Job, todo: list[int]) -> int:
+        """Claim `todo` in order up to the first image held elsewhere, make those; returns how many it claimed."""
         from crdiff.experiment.sampling import generate, is_done
 
         claims, seed = self.claims[job.folder], self.p.run.sampler.seed
         got = list(itertools.takewhile(claims.claim, todo))
         if not got:
-            return False
+            return 0
         try:
             mine = [i for i in got if not is_done(job.folder, self.p.prompts, i, seed)]  # finished meanwhile
             if mine:
@@ -160,7 +177,7 @@ class _Maker:
         finally:
             for i in got:
                 claims.release(i)
-        return True
+        return len(got)
 
     def pipeline(self, job: Job):
         from crdiff.amplify import weights_used
@@ -313,6 +330,7 @@ def execute(run: RunConfig, p: Plan | None = None) -> dict[str, Any]:
     check_device(p)
     ranks, device = distributed.init(run.device)
     try:
+        distributed.check_shared(p.output_dir, ranks)
         here = generate_all(p, ranks, device)
         log.info("rank %d of %d made %d images", ranks.rank, ranks.world, here)
         made = ranks.all_sum([here])[0]

@@ -14,7 +14,7 @@ from torch import nn
 
 from crdiff import atomic
 from crdiff.metrics.base import ImageMetric, PerImage, _indices, unavailable
-from crdiff.weights import UrlFile
+from crdiff.weights import UrlFile, torch_hub
 
 
 def to_uint8(images: list[Image.Image]) -> torch.Tensor:
@@ -60,10 +60,9 @@ class _FeatureMetric(ImageMetric):
     @classmethod
     def needs(cls, **options) -> list:
         """torchmetrics builds torch-fidelity's Inception-v3, whose weights torch.hub keeps by file name."""
-        import torch
         from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
 
-        path = Path(torch.hub.get_dir()) / "checkpoints" / URL_INCEPTION_V3.rsplit("/", 1)[-1]
+        path = torch_hub() / "checkpoints" / URL_INCEPTION_V3.rsplit("/", 1)[-1]
         return [UrlFile(f"metric {cls.name}: Inception-v3 (torch-fidelity)", URL_INCEPTION_V3, path)]
 
     @torch.no_grad()
