@@ -134,11 +134,11 @@ def test_a_pinned_revision_does_not_override_the_safety_checker_setting(tmp_path
     """Offline, a prefetched commit has no refs/main: the decision must read the pinned revision's
     model_index.json from the same cache as the pipeline (it read the default branch and, failing,
     loaded the checker whatever was asked)."""
-    from hubcache import add_repo
+    from hubcache import add_repo, use
 
     cache, revision = tmp_path / "hub", "1234567890abcdef1234567890abcdef12345678"
     add_repo(cache, "someone/sd15-copy", _with_safety_checker(tmp_path / "saved"), revision=revision, main=False)
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    use(monkeypatch, cache)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert load_pipeline("someone/sd15-copy", revision=revision).safety_checker is None
     assert load_pipeline("someone/sd15-copy", revision=revision, safety_checker="keep").safety_checker is not None
