@@ -77,6 +77,9 @@ MODELS: dict[str, ModelSpec] = {
     # The miniature: a latent text-to-image model crdiff trained on handwritten digits at 32x32 only
     # (scripts/train_tiny_t2i.py); real images offline, so the method can be judged on a CPU.
     "digits": ModelSpec("bundled:digits", Resolution(32, 32), "fp32"),
+    # The second miniature, in SDXL's regime: an SDXL-layout UNet crdiff trained on procedural scenes of
+    # coloured shapes at 64x64 only (scripts/train_scenes.py), scored by an exact detector.
+    "scenes": ModelSpec("bundled:scenes", Resolution(64, 64), "fp32"),
     "tiny-sd15": ModelSpec("tiny:sd15", Resolution(64, 64), "fp32"),
     "tiny-sd21": ModelSpec("tiny:sd21", Resolution(64, 64), "fp32"),
     "tiny-sdxl": ModelSpec("tiny:sdxl", Resolution(64, 64), "fp32"),
@@ -220,12 +223,13 @@ def resolve(name_or_path: str, source: str | None = None) -> str:
     if chosen.startswith("tiny:"):
         return str(tiny.ensure_saved(chosen.removeprefix("tiny:"), cache_dir() / "tiny"))
     if chosen.startswith("bundled:"):
-        from crdiff.miniature import digits
+        from crdiff.miniature import bundled
 
-        if not (digits.PIPELINE_DIR / "model_index.json").is_file():
+        folder, command = bundled(chosen.removeprefix("bundled:"))
+        if not (folder / "model_index.json").is_file():
             raise ModelUnavailableError(f"the bundled model {name_or_path!r} is missing from "
-                                        f"{digits.PIPELINE_DIR}; rebuild it with `{digits.TRAIN_COMMAND}`")
-        return str(digits.PIPELINE_DIR)
+                                        f"{folder}; rebuild it with `{command}`")
+        return str(folder)
     return chosen
 
 

@@ -53,6 +53,14 @@ class Ranks:
         dist.all_reduce(total)
         return total.tolist()
 
+    def all_sum_float(self, values: list[float]) -> list[float]:
+        """Element-wise float64 sum over ranks: a value only one rank holds (the others 0.0) arrives exact."""
+        if self.world == 1:
+            return list(values)
+        total = torch.tensor(values, dtype=torch.float64)
+        dist.all_reduce(total)
+        return total.tolist()
+
 
 def hostnames(nodelist: str) -> list[str]:
     """Expand SLURM's compressed node list: `gpu[01-03,7],cpu5` -> gpu01 gpu02 gpu03 gpu7 cpu5."""

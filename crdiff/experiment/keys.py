@@ -23,10 +23,12 @@ EXCLUDED = frozenset({
     "SamplerConfig.batch_size",
     # act through the ratios they resolve per resolution, and those join the key (crdiff.experiment.presets)
     "PruningConfig.searched", "PruningConfig.preset_path",
+    "PruningConfig.objective", "PruningConfig.validation",  # a preset's provenance: never read by pruning
     "AmplifyConfig.batched", "CRDiffConfig.batched",
     "AmplifyConfig.weights", "CRDiffConfig.weights", "AmplifyConfig.memory_budget_gib", "CRDiffConfig.memory_budget_gib",
     "MetricsConfig.batch_size",
     "RatioSearchConfig.preset_root", "RatioSearchConfig.preset_name", "RatioSearchConfig.compare",
+    "RatioSearchConfig.validation_seeds",  # scored after the search: it never changes the walk
     "PruningConfig.model_kind",  # a guard: it refuses a model, never changes an image
 })
 # Bump when a metric's definition changes (preprocessing, feature layer, reference statistics): result

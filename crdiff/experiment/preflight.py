@@ -35,18 +35,18 @@ def model_requirements(run: RunConfig) -> list[Requirement]:
     if weights.source.startswith("tiny:"):
         return []
     if weights.source.startswith("bundled:"):
-        from crdiff.miniature import digits
+        from crdiff.miniature import bundled
 
-        return [LocalFiles(weights.what, (digits.PIPELINE_DIR / "model_index.json",), digits.TRAIN_COMMAND)]
+        folder, command = bundled(weights.source.removeprefix("bundled:"))
+        return [LocalFiles(weights.what, (folder / "model_index.json",), command)]
     return [weights]
 
 
 def metric_names(run: RunConfig) -> list[str]:
-    """The metrics this run builds: the configured ones, and the search's objective for task=search."""
-    names = list(run.metrics.names)
-    if run.task == "search" and run.search.metric not in names:
-        names.append(run.search.metric)
-    return names
+    """The metrics this run builds: a search builds its objective's scorer only (`search.metric`)."""
+    if run.task == "search":
+        return [run.search.metric]
+    return list(run.metrics.names)
 
 
 def requirements(run: RunConfig) -> list[Requirement]:

@@ -23,6 +23,7 @@ BUILTIN = [
     "A plate of pasta with tomatoes and basil",
 ]
 DIGIT_PROMPTS = 1000
+SCENE_PROMPTS = 2000  # the scenes miniature: 2,000 images for its Fréchet distance
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,7 @@ class PromptSet:
             seen[pid] = i
         repeated = len(self.prompts) - len(set(self.prompts))
         # legitimate in COCO (identical captions of different images), so not an error; by design in digits
-        if repeated and self.name != "digits":
+        if repeated and self.name not in ("digits", "scenes"):
             log.warning("prompt set '%s' repeats %d prompt texts (ids differ, so do seeds)", self.name, repeated)
 
     @staticmethod
@@ -77,8 +78,9 @@ class PromptSet:
 def load_prompts(kind: str = "builtin", path: str | None = None, limit: int | None = None,
                  texts: list[str] | None = None) -> PromptSet:
     """Load a prompt set: `builtin`, `csv` (columns `prompt` and optional `id`, e.g. coco5k.csv), `list`
-    (`texts`, a user's own prompts) or `digits` (the miniature: "a handwritten digit <d>", d = i mod 10,
-    1,000 prompts; its FID reference is all 1,797 real digits whatever the limit)."""
+    (`texts`, a user's own prompts), `digits` (the miniature: "a handwritten digit <d>", d = i mod 10,
+    1,000 prompts; its FID reference is all 1,797 real digits whatever the limit) or `scenes` (the second
+    miniature: the captions of 2,000 evaluation scenes; reference image i is scene i drawn at 64x64)."""
     paired = True  # image_paths[i] belongs to prompt i (COCO), so `limit` cuts both
     if kind == "digits":
         from crdiff.miniature import digits
@@ -87,6 +89,15 @@ def load_prompts(kind: str = "builtin", path: str | None = None, limit: int | No
         prompts = [digits.prompt(i % 10) for i in range(DIGIT_PROMPTS)]
         ids = [f"digits_{i}" for i in range(len(prompts))]
         images, name, paired = digits.reference_files(cache_dir() / "reference" / "digits"), "digits", False
+    elif kind == "scenes":
+        from crdiff.miniature import scenes
+        from crdiff.models import cache_dir
+
+        prompts = scenes.prompts(SCENE_PROMPTS)
+        ids = [f"scenes_{i}" for i in range(SCENE_PROMPTS)]
+        # reference images are drawn only for the prompts kept (`limit` cuts both, they pair one to one)
+        count = SCENE_PROMPTS if limit is None else max(0, min(limit, SCENE_PROMPTS))  # a bad limit: error below
+        images, name = scenes.reference_files(cache_dir() / "reference" / "scenes", count), "scenes"
     elif kind == "list":
         prompts, ids, images, name = list(texts or []), [f"user_{i}" for i in range(len(texts or []))], None, "user"
     elif kind == "builtin":
@@ -110,7 +121,7 @@ def load_prompts(kind: str = "builtin", path: str | None = None, limit: int | No
         images = [r["image_path"] for r in rows] if "image_path" in (reader.fieldnames or []) else None
         name = file.stem if file.stem != "prompts" else file.parent.name
     else:
-        raise ValueError(f"unknown prompt kind {kind!r}; valid choices: ['builtin', 'csv', 'list', 'digits']")
+        raise ValueError(f"unknown prompt kind {kind!r}; valid choices: ['builtin', 'csv', 'list', 'digits', 'scenes']")
     source = PromptSet.hash(ids, prompts)
     if limit is not None:
         if limit < 1:

@@ -85,6 +85,19 @@ def plan(run: RunConfig) -> Plan:
     return Plan(run, prompts, jobs, out)
 
 
+def plan_search(run: RunConfig) -> Plan:
+    """A search's checks before any model loads: its prompts, its searches and their resolutions."""
+    from crdiff.experiment.ratio_search import searches
+
+    out = run.check_output_dir()
+    prompts = load_prompts(run.prompts.kind, run.prompts.path, run.prompts.limit, run.prompts.texts)
+    for search in searches(run):
+        for res in search.resolutions:
+            if run.model.name in MODELS:
+                MODELS[run.model.name].check(res)
+    return Plan(run, prompts, [], out)
+
+
 def check_device(p: Plan) -> str:
     """This process's device, decided before any work: GPUs torch cannot use are an error, and so is
     a full-size model that `device=auto` would leave to the CPU (`device=cpu` asks for it)."""
@@ -268,6 +281,8 @@ def row(p: Plan, job: Job, prov: dict[str, Any], scores: dict[str, Any]) -> dict
         "k": None if crd is None else crd.k, "criterion": None if crd is None else crd.criterion,
         **{f"ratio_{g}": None if crd is None else crd.ratios[g] for g in GROUPS},
         "ratios_source": None if crd is None else ratios_source, "preset": None if crd is None else preset,
+        # False: on held-out seeds the preset's ratios did not beat the search's start (its paired interval)
+        "preset_beats_start": None if crd is None else presets.beats_start(preset),
         "steps": p.run.sampler.steps, "guidance": p.run.sampler.guidance, "seed": p.run.sampler.seed,
         "negative_prompt": p.run.sampler.negative_prompt, "metrics_version": METRICS_VERSION,
         "scheduler": p.run.sampler.scheduler, "image_dir": str(job.folder),

@@ -74,7 +74,7 @@ def aggregate(rows: pd.DataFrame, device: str = "cpu", by: tuple[str, ...] = ())
     lines = []
     for cell, run in _runs(rows, by).items():
         line = dict(zip([*select.CELL, *by], cell))
-        for name in ("height", "width", "k", "seconds_device"):
+        for name in ("height", "width", "k", "seconds_device", "ratios_source", "preset_beats_start"):
             if name in run:
                 line[name] = run[name].iloc[0]
         for metric in (m for m in METRICS if m in run):
@@ -149,9 +149,27 @@ def paper_table(rows: pd.DataFrame, setting: str, methods: tuple[str, ...] = PAP
     models = sorted(data.model.unique(), key=lambda m: MODEL_ORDER.index(m) if m in MODEL_ORDER else len(MODEL_ORDER))
     index = [(m, r) for m in models for r in dict.fromkeys(data[data.model == m].resolution)]
     table = table.reindex(index=pd.MultiIndex.from_tuples(index, names=["model", "resolution"]))
-    table.attrs["text"] = {(line.model, line.resolution, line.metric, line.method): _cell_text(line)
-                           for line in data.itertuples()}
+    notes = ratios_notes(rows[rows.setting == setting])
+    table.index = pd.MultiIndex.from_tuples([(m, r + notes.get((m, r), "")) for m, r in table.index],
+                                            names=["model", "resolution"])
+    table.attrs["text"] = {(line.model, line.resolution + notes.get((line.model, line.resolution), ""), line.metric,
+                            line.method): _cell_text(line) for line in data.itertuples()}
     return table
+
+
+def ratios_notes(rows: pd.DataFrame) -> dict[tuple[str, str], str]:
+    """A note on the resolution of a row whose CR-Diff did not run on a searched preset that beat its start
+    (crdiff.experiment.presets): the table says so itself, not only the row file."""
+    if "ratios_source" not in rows:
+        return {}
+    notes = {}
+    for r in rows[rows.method == "crdiff"].itertuples():
+        resolution = r.resolution if "resolution" in rows else f"{r.height}x{r.width}"
+        if str(r.ratios_source).startswith("fallback"):
+            notes[(r.model, resolution)] = " (no searched preset)"
+        elif getattr(r, "preset_beats_start", None) is False:
+            notes[(r.model, resolution)] = " (preset not better than its start)"
+    return notes
 
 
 def _cell_text(line) -> str:
