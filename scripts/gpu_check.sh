@@ -2,7 +2,7 @@
 # Every path only a GPU can run, on a machine with one GPU (~5 min on one H200; random weights, nothing
 # downloaded; written on a CPU machine). Works from a git checkout or an unpacked release (no git), and
 # leaves nothing behind but its log.
-#  1-4. the smoke experiment scored with FID, KID (stand-in features: their states live on the GPU and
+#  1-4. the smoke experiment scored with FID, KID (stand-in features: extracted on the GPU, kept per image and
 #       sync across ranks) and CLIP: as one process; as 2 torchrun ranks on the same GPU; as 2 tasks
 #       started with SLURM's variables (no torchrun); as 2 independent jobs at once on one output_dir.
 #       Images must be bit-identical to 1. and metrics equal up to float rounding.

@@ -29,9 +29,13 @@ class ModelConfig:
     dtype: str = "fp32"
     source: str | None = None  # a hub id 'org/name' or a local folder in place of the registry's source
     revision: str | None = None  # hub branch, tag or commit
+    # keep | drop the pipeline's safety checker (SD1.5 ships one; SDXL, SD2.1 none): keep blackens the
+    # images it flags, as the paper's SD1.5 numbers evidently include (docs/protocol.md)
+    safety_checker: str = "drop"
 
     def __post_init__(self) -> None:
         _choice("model.dtype", self.dtype, DTYPES)
+        _choice("model.safety_checker", self.safety_checker, ("keep", "drop"))
         self.weights()  # unknown names, a source given twice, sources gone from the hub
 
     def weights(self):
@@ -39,7 +43,8 @@ class ModelConfig:
         return locate(self.name, self.source, self.revision, self.dtype)
 
     def load(self, device: str = "cpu"):
-        return load_pipeline(self.name, self.dtype, device, source=self.source, revision=self.revision)
+        return load_pipeline(self.name, self.dtype, device, source=self.source, revision=self.revision,
+                             safety_checker=self.safety_checker)
 
 
 @dataclass
@@ -181,6 +186,11 @@ class MetricsConfig:
     kid_subset_size: int = 1000
     clip_arch: str = "ViT-L-14"
     clip_pretrained: str = "openai"
+    # 95% bootstrap intervals over prompts (crdiff.metrics.intervals): resamples of per-image means, of
+    # FID / KID (each recomputes the distance: seconds per resample of 5,000 images on a CPU), their seed
+    resamples: int = 1000
+    feature_resamples: int = 50
+    interval_seed: int = 0
 
     def __post_init__(self) -> None:
         from crdiff.metrics import METRICS, PREPROCESSING
@@ -190,6 +200,10 @@ class MetricsConfig:
         _choice("metrics.preprocessing", self.preprocessing, PREPROCESSING)
         if self.batch_size < 1:
             raise ValueError(f"metrics.batch_size is {self.batch_size}; it must be a positive integer")
+        for name in ("resamples", "feature_resamples"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"metrics.{name} is {value!r}; it must be a whole number >= 0 (0: no interval)")
 
     @property
     def needs_reference(self) -> bool:

@@ -33,7 +33,8 @@ EXCLUDED = frozenset({
 })
 # Bump when a metric's definition changes (preprocessing, feature layer, reference statistics): result
 # rows keyed before then are recomputed instead of mixed with new ones.
-METRICS_VERSION = 2  # 2: CLIP score on QuickGELU for OpenAI weights (issue 12)
+METRICS_VERSION = 3  # 2: CLIP score on QuickGELU for OpenAI weights (issue 12); 3: KID's subsets drawn in
+# image order (rank-count independent), per-image scores and 95% intervals in every row (issue 21)
 
 
 def semantic(value: Any) -> Any:

@@ -58,14 +58,20 @@ def write_row(results_dir: Path, key: str, row: dict[str, Any]) -> Path:
 
 
 def load_table(output_dir: str | Path):
-    """All result rows under `output_dir/results` as one pandas DataFrame (one row per key)."""
+    """All result rows under `output_dir/results` as one pandas DataFrame (one row per key): each metric
+    a column, its 95% interval `<metric>_lo` / `<metric>_hi`, `output_dir` beside (for the per-image
+    files the rows name, relative to it), `experiments` a tuple (rows older than it: their `experiment`)."""
     import pandas as pd
 
     rows = []
     for file in sorted(Path(output_dir, "results").glob("*.json")):
         row = json.loads(file.read_text())
         flat = {k: v for k, v in row.items() if not isinstance(v, dict)}
-        for section in ("metrics",):
-            flat.update(row.get(section, {}))
+        flat.update(row.get("metrics", {}))
+        for name, bounds in (row.get("ci95") or {}).items():
+            flat[f"{name}_lo"], flat[f"{name}_hi"] = bounds if bounds else (None, None)
+        flat["experiments"] = tuple(row.get("experiments") or ([row["experiment"]] if "experiment" in row else []))
+        flat["scores"], flat["intervals"], flat["output_dir"] = (row.get("scores") or {}, row.get("intervals") or {},
+                                                                 str(output_dir))
         rows.append(flat)
     return pd.DataFrame(rows)

@@ -27,6 +27,7 @@ from crdiff.pruning import GROUPS
 from crdiff.experiment import methods
 from crdiff.experiment.keys import METRICS_VERSION, run_key
 from crdiff.experiment.results import load_table, provenance, write_row
+from crdiff.metrics.fid import KID_SUBSETS
 
 log = logging.getLogger("crdiff")
 POLL_S = 2.0  # how often a job re-checks images other processes hold
@@ -218,37 +219,61 @@ def existing_row(p: Plan, job: Job) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def existing_metrics(p: Plan, job: Job) -> dict[str, float]:
-    return existing_row(p, job).get("metrics", {})
+def scored(p: Plan, job: Job) -> dict[str, Any] | None:
+    """The stored scores of `job` (metrics, ci95, score files) if complete: every configured metric with
+    its interval and its per-image file on disk; else None (rows scored before per-image scores existed
+    are rescored from their kept images by rerunning the command that made them)."""
+    old = existing_row(p, job)
+    if not old:
+        return None
+    files = old.get("scores") or {}
+    names = set(p.run.metrics.names)
+    if not (names <= set(old.get("metrics", {})) and names <= set(old.get("ci95", {}))):
+        return None
+    paths = [files.get("per_image"), *files.get("features", {}).values(), *files.get("reference", {}).values()]
+    if names and not all(path and (p.output_dir / path).is_file() for path in paths):
+        return None
+    return {"metrics": old["metrics"], "ci95": old["ci95"], "scores": files}
 
 
-def score_all(p: Plan, ranks: distributed.Ranks, device: str) -> dict[str, dict[str, float]]:
-    """Metrics of every job still missing them; all ranks take part, each on its share of images."""
-    from crdiff.experiment.scoring import build_all, score_job
+def score_all(p: Plan, ranks: distributed.Ranks, device: str) -> dict[str, dict[str, Any]]:
+    """Metrics of every job still missing them; all ranks take part, each on its share of images; rank 0
+    writes each job's per-image scores and returns, per job key, {metrics, ci95, scores (files)}."""
+    from crdiff.experiment.scoring import build_all, score_job, write_scores
 
-    scores = {job.key: existing_metrics(p, job) for job in p.jobs}
+    scores = {job.key: scored(p, job) for job in p.jobs}
     # every rank must score the same jobs (each score is a collective): a job is to do if any rank found
     # its row incomplete (another job on this output_dir may write a shared row between two ranks' reads)
-    missing = ranks.all_sum([int(bool(set(p.run.metrics.names) - set(scores[job.key]))) for job in p.jobs])
+    missing = ranks.all_sum([int(scores[job.key] is None) for job in p.jobs])
     todo = [job for job, n in zip(p.jobs, missing) if n]
     if not todo:
         return scores
     metrics = build_all(p.run.metrics, device)
+    features = {name: metric.feature_name for name, metric in metrics.items() if metric.needs_reference}
     mine = ranks.shard(list(range(len(p.prompts))))
     reference = ranks.shard(list(range(len(p.prompts.image_paths or ()))))
     for job in tqdm(todo, desc="metrics", disable=not ranks.is_main):
-        scores[job.key] = score_job(metrics, p.run.metrics, p.prompts, job.folder, mine, ranks.is_main, ranks.world,
-                                    reference, everywhere=lambda found: ranks.all_sum([int(found)])[0] == ranks.world)
+        result = score_job(metrics, p.run.metrics, p.prompts, job.folder, mine, ranks.is_main, ranks.world,
+                           reference, everywhere=lambda found: ranks.all_sum([int(found)])[0] == ranks.world,
+                           device=device)
+        files = (write_scores(p.output_dir, job.key, p.prompts, p.run.sampler.seed, result, features)
+                 if ranks.is_main and p.run.metrics.names else {})
+        scores[job.key] = {"metrics": result.values, "ci95": result.ci95, "scores": files}
     return scores
 
 
-def row(p: Plan, job: Job, prov: dict[str, Any], scores: dict[str, float]) -> dict[str, Any]:
+def row(p: Plan, job: Job, prov: dict[str, Any], scores: dict[str, Any]) -> dict[str, Any]:
     from crdiff.experiment.sampling import cost
 
     crd, rule = p.run.method(job.method, job.resolution), methods.drawing_rule(p.run, job.method)
     _, ratios_source, preset = presets.ratios_at(p.run, job.resolution)
+    old = existing_row(p, job)
     return {
-        "experiment": p.run.experiment, "model": p.run.model.name, "dtype": p.run.model.dtype,
+        # every experiment that produced or reused this row (one key, several experiments: a sweep_k job at
+        # table_a's k makes table_a's row); the tables select rows by these names (crdiff.report.select)
+        "experiments": sorted({*old.get("experiments", []), p.run.experiment}),
+        "model": p.run.model.name, "dtype": p.run.model.dtype,
+        "safety_checker": p.run.model.safety_checker,
         "source": p.run.model.weights().where,  # the weights behind the label: hub id[@revision] (variant) or folder
         "method": job.method, "setting": job.setting, "resolution": str(job.resolution),
         "height": job.resolution.height, "width": job.resolution.width,
@@ -259,14 +284,18 @@ def row(p: Plan, job: Job, prov: dict[str, Any], scores: dict[str, float]) -> di
         # False: on held-out seeds the preset's ratios did not beat the search's start (its paired interval)
         "preset_beats_start": None if crd is None else presets.beats_start(preset),
         "steps": p.run.sampler.steps, "guidance": p.run.sampler.guidance, "seed": p.run.sampler.seed,
+        "negative_prompt": p.run.sampler.negative_prompt, "metrics_version": METRICS_VERSION,
         "scheduler": p.run.sampler.scheduler, "image_dir": str(job.folder),
         # cost: denoiser passes and wall seconds per image as measured when the images were made
         "drawn_at": str(rule.size(job.resolution) if rule else job.resolution),
         **cost(job.folder, list(range(len(p.prompts)))),
         "preprocessing": p.run.metrics.preprocessing, **checks.count(job.folder, len(p.prompts)),
-        "provenance": prov, "metrics": scores,
+        "provenance": prov, **(scores or {"metrics": {}, "ci95": {}, "scores": {}}),
+        "intervals": {"resamples": p.run.metrics.resamples, "feature_resamples": p.run.metrics.feature_resamples,
+                      "seed": p.run.metrics.interval_seed, "level": 0.95, "method": "percentile bootstrap over prompts",
+                      "kid_subsets": KID_SUBSETS, "kid_subset_size": min(p.run.metrics.kid_subset_size, len(p.prompts))},
         # how rank 0 held the pruned weights (amplify.weights resolved); kept from the last run that generated
-        "weights": p.weights[job.key] if job.key in p.weights else existing_row(p, job).get("weights"),
+        "weights": p.weights[job.key] if job.key in p.weights else old.get("weights"),
     }
 
 
