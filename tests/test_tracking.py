@@ -74,3 +74,25 @@ def test_the_search_logs_one_step_per_trial(tmp_path):
         assert step["best_score"] == pytest.approx(best)
     summary = {k: v for kind, data in records if kind == "summary" for k, v in data.items()}
     assert summary["best_score"] == pytest.approx(result["best_score"]) and summary["best_up"] == result["best"]["up"]
+
+
+def test_disabled_tracker_never_imports_wandb(monkeypatch):
+    """wandb.mode=disabled runs where W&B is not installed: logging images or tables imports nothing."""
+    import builtins
+
+    from crdiff.experiment.config import WandbConfig
+    from crdiff.experiment.tracking import Tracker
+
+    real_import = builtins.__import__
+
+    def no_wandb(name, *args, **kwargs):
+        if name == "wandb" or name.startswith("wandb."):
+            raise ModuleNotFoundError("No module named 'wandb'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_wandb)
+    tracker = Tracker(WandbConfig(mode="disabled"), {}, "job", ".")
+    tracker.log_images({"grid": object()})
+    tracker.log_table("rows", object())
+    tracker.summarize({"fid": 1.0})
+    tracker.finish()

@@ -42,15 +42,18 @@ class Tracker:
         self._safe(lambda: self.run.summary.update(data))
 
     def log_images(self, images: dict[str, Any]) -> None:
-        import wandb
-
-        self._safe(lambda: self.run.log({k: wandb.Image(v) for k, v in images.items()}))
+        self._safe(lambda: self.run.log({k: _wandb().Image(v) for k, v in images.items()}))
 
     def log_table(self, name: str, frame) -> None:
-        import wandb
-
-        self._safe(lambda: self.run.log({name: wandb.Table(dataframe=frame)}))
+        self._safe(lambda: self.run.log({name: _wandb().Table(dataframe=frame)}))
 
     def finish(self) -> None:
         self._safe(lambda: self.run.finish())
         self.run = None
+
+
+def _wandb():
+    """W&B, imported only once a run exists: `wandb.mode=disabled` needs no W&B install (a GPU node's image)."""
+    import wandb
+
+    return wandb
