@@ -8,7 +8,9 @@ import torch
 from crdiff.experiment import methods
 from crdiff.experiment.methods.entropy import EntropyScaling
 from crdiff.experiment.methods.freeu import freeu_values
+from crdiff.experiment.methods.pruned import group_sizes
 from crdiff.models import Resolution
+from crdiff.pruning import GROUPS, compute_masks, target_modules
 from crdiff.experiment.config import RunConfig
 
 from test_run import compose_run
@@ -61,9 +63,26 @@ def test_pruning_baselines_share_the_crdiff_settings(run):
     crd, bwp = methods.pruning_settings(run, "crdiff"), methods.pruning_settings(run, "bwp")
     uniform, rnd = methods.pruning_settings(run, "uniform"), methods.pruning_settings(run, "random_mask")
     assert bwp.k == 1.0 and bwp.ratios == crd.ratios
-    assert set(uniform.ratios.values()) == {sum(crd.ratios.values()) / 3} and uniform.k == crd.k
+    assert len(set(uniform.ratios.values())) == 1 and uniform.k == crd.k
     assert rnd.criterion == "random" and rnd.ratios == crd.ratios and rnd.k == crd.k
     assert freeu_values(run) == (0.9, 0.2, 1.3, 1.4)  # SDXL's published values
+
+
+def test_uniform_prunes_as_many_weights_as_crdiff(tiny_pipes):
+    run = compose_run("experiment=smoke", "pruning.ratios={down:0.1,mid:0.5,up:0.3}")
+    crd, uniform = methods.pruning_settings(run, "crdiff"), methods.pruning_settings(run, "uniform")
+    unet = tiny_pipes("sdxl").unet
+    sizes = {g: sum(m.weight.numel() for m in mods.values()) for g, mods in target_modules(unet).items()}
+    assert group_sizes(run) == sizes  # counted without loading weights = counted on the loaded model
+    total = sum(crd.ratios[g] * sizes[g] for g in GROUPS) / sum(sizes.values())
+    assert uniform.ratios == {g: total for g in GROUPS} and total != pytest.approx(0.3)  # not the plain mean
+
+    def pruned(ratios):
+        return sum(int((~keep).sum()) for keep in compute_masks(unet, ratios).values())
+
+    assert abs(pruned(uniform.ratios) - pruned(crd.ratios)) <= len(GROUPS)  # int(N_g r_g) floors per group
+    override = compose_run("experiment=smoke", "pruning.ratios={down:0.1,mid:0.5,up:0.3}", "baselines.uniform_ratio=0.2")
+    assert methods.pruning_settings(override, "uniform").ratios == {g: 0.2 for g in GROUPS}
 
 
 def test_one_experiment_runs_every_method_side_by_side(tmp_path):

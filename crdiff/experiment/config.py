@@ -233,7 +233,7 @@ class BaselinesConfig:
     """Settings of the comparison methods (see crdiff.methods)."""
 
     freeu: list[float] | None = None  # [s1, s2, b1, b2]; None: the published values for the model
-    uniform_ratio: float | None = None  # None: the mean of pruning.ratios
+    uniform_ratio: float | None = None  # None: CR-Diff's total sparsity (methods/pruned.py, Uniform)
     # native_resize draws at: `bucket` the trained size closest in aspect (SDXL's published buckets, else the
     # training area); `train` the training resolution for every target (crop for other aspects)
     native_size: str = "bucket"
