@@ -274,10 +274,10 @@ class RunConfig:
             raise ValueError(f"lease_min is {self.lease_min!r}; it must be a positive number of minutes")
         if not self.methods:
             raise ValueError("methods is empty; list at least one (dense, crdiff, ...)")
-        from crdiff.experiment.methods import METHODS
+        from crdiff.experiment import methods
 
         for m in self.methods:
-            _choice("methods entry", m, METHODS)
+            methods.get(self, m)  # an unknown name, a family member without its value
         _choice("task", self.task, ("generate", "search", "plan"))
         if self.task == "search" and self.pruning.criterion == "wanda":
             raise ValueError("the ratio search prunes by pruning.criterion at every trial; 'wanda' needs calibration "
