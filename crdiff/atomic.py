@@ -2,6 +2,9 @@
 
 Every file crdiff writes that another process may read (images, result rows, search state, presets,
 saved pipelines, trained weights) goes through here: write to a temporary sibling, then rename.
+`mkstemp` / `mkdtemp` create owner-only (0600 / 0700) temporaries; each is given the mode an ordinary
+`open` / `mkdir` would have under the process umask before it is renamed, so a collaborator's account
+(umask 002, a shared CRDIFF_CACHE) reads and resumes what this one wrote.
 """
 
 from __future__ import annotations
@@ -13,6 +16,17 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+
+def _umask() -> int:
+    mask = os.umask(0)  # the only way to read it; set straight back
+    os.umask(mask)
+    return mask
+
+
+def _as_created(path: Path, folder: bool = False) -> None:
+    """Give `path` the mode `open` (0666) or `mkdir` (0777) would under the umask."""
+    os.chmod(path, (0o777 if folder else 0o666) & ~_umask())
 
 
 def write_bytes(path: Path, data: bytes) -> None:
@@ -33,6 +47,7 @@ def write_with(path: Path, save: Callable[[Path], Any]) -> None:
     os.close(fd)
     try:
         save(Path(tmp))
+        _as_created(Path(tmp))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -49,6 +64,7 @@ def save_folder(save: Callable[[Path], Any], folder: Path, replace: bool = False
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}-"))
     try:
         save(tmp)
+        _as_created(tmp, folder=True)
         if replace and folder.exists():
             shutil.rmtree(folder)
         os.replace(tmp, folder)

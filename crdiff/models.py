@@ -77,6 +77,9 @@ MODELS: dict[str, ModelSpec] = {
     # The miniature: a latent text-to-image model crdiff trained on handwritten digits at 32x32 only
     # (scripts/train_tiny_t2i.py); real images offline, so the method can be judged on a CPU.
     "digits": ModelSpec("bundled:digits", Resolution(32, 32), "fp32"),
+    # The second miniature, in SDXL's regime: an SDXL-layout UNet crdiff trained on procedural scenes of
+    # coloured shapes at 64x64 only (scripts/train_scenes.py), scored by an exact detector.
+    "scenes": ModelSpec("bundled:scenes", Resolution(64, 64), "fp32"),
     "tiny-sd15": ModelSpec("tiny:sd15", Resolution(64, 64), "fp32"),
     "tiny-sd21": ModelSpec("tiny:sd21", Resolution(64, 64), "fp32"),
     "tiny-sdxl": ModelSpec("tiny:sdxl", Resolution(64, 64), "fp32"),
@@ -220,12 +223,13 @@ def resolve(name_or_path: str, source: str | None = None) -> str:
     if chosen.startswith("tiny:"):
         return str(tiny.ensure_saved(chosen.removeprefix("tiny:"), cache_dir() / "tiny"))
     if chosen.startswith("bundled:"):
-        from crdiff.miniature import digits
+        from crdiff.miniature import bundled
 
-        if not (digits.PIPELINE_DIR / "model_index.json").is_file():
+        folder, command = bundled(chosen.removeprefix("bundled:"))
+        if not (folder / "model_index.json").is_file():
             raise ModelUnavailableError(f"the bundled model {name_or_path!r} is missing from "
-                                        f"{digits.PIPELINE_DIR}; rebuild it with `{digits.TRAIN_COMMAND}`")
-        return str(digits.PIPELINE_DIR)
+                                        f"{folder}; rebuild it with `{command}`")
+        return str(folder)
     return chosen
 
 
@@ -248,28 +252,33 @@ def _dropped_components(source: str) -> dict[str, None]:
             and name not in cls._optional_components}
 
 
-def _without_safety_checker(source: str) -> dict[str, Any]:
-    """SD1.x / SD2.x pipelines ship a safety checker that swaps flagged images for black ones; scored,
-    those would count as the model's images. Evaluation loads every pipeline without it (docs/protocol.md)
-    and counts black / constant / NaN images instead (crdiff.experiment.checks)."""
+SAFETY_CHECKER = ("keep", "drop")
+
+
+def _safety_checker(path: str, choice: str, hub: dict[str, Any]) -> dict[str, Any]:
+    """SD1.x pipelines ship a safety checker that swaps flagged images for black ones. `keep`: load it
+    (the paper's evident protocol for SD1.5: REF never touches it); `drop`: load without it. Decided from
+    the model_index.json of the files that load (the same revision, from the same cache)."""
     from diffusers import DiffusionPipeline
 
+    if choice not in SAFETY_CHECKER:
+        raise ValueError(f"model.safety_checker is {choice!r}; valid choices: {list(SAFETY_CHECKER)}")
     try:
-        index = DiffusionPipeline.load_config(source)  # model_index.json: local folder or hub cache
+        index = DiffusionPipeline.load_config(path, **hub)  # model_index.json: local folder or hub cache
     except (OSError, ValueError):
         return {}  # not on this machine: from_pretrained reports it
-    if "safety_checker" not in index:
+    if choice == "keep" or index.get("safety_checker", [None, None]) == [None, None]:
         return {}
     return {"safety_checker": None, "requires_safety_checker": False}
 
 
 def load_pipeline(
     name_or_path: str, dtype: str | torch.dtype | None = None, device: str | torch.device = "cpu",
-    source: str | None = None, revision: str | None = None, **kwargs: Any
+    source: str | None = None, revision: str | None = None, safety_checker: str = "drop", **kwargs: Any
 ):
-    """Load a text-to-image pipeline through diffusers' `from_pretrained`, without its safety checker: a
-    registry name (its source, revision and weight variant, or `source` / `revision` given instead), a hub
-    id or a local folder."""
+    """Load a text-to-image pipeline through diffusers' `from_pretrained`, its safety checker kept or
+    dropped (`safety_checker`, see `_safety_checker`): a registry name (its source, revision and weight
+    variant, or `source` / `revision` given instead), a hub id or a local folder."""
     from diffusers import DiffusionPipeline
     from huggingface_hub.errors import LocalEntryNotFoundError
 
@@ -283,7 +292,8 @@ def load_pipeline(
     where = locate(name_or_path, source, revision, dtype_name)
     path = resolve(name_or_path, source)
     hub = {} if Path(path).is_dir() else {"revision": where.revision, "cache_dir": hub_cache()}
-    kwargs = {**_dropped_components(path), **_without_safety_checker(path), **hub, **({"variant": where.variant} if where.variant else {}), **kwargs}
+    kwargs = {**_dropped_components(path), **_safety_checker(path, safety_checker, hub), **hub,
+              **({"variant": where.variant} if where.variant else {}), **kwargs}
     try:
         pipe = DiffusionPipeline.from_pretrained(path, dtype=dtype, **kwargs)
     except (OSError, LocalEntryNotFoundError) as err:
@@ -292,5 +302,7 @@ def load_pipeline(
             f"Fetch it once where the hub is reachable: `python scripts/prefetch_weights.py model={name_or_path}` "
             f"or `{where.fix}` (then run with HF_HUB_OFFLINE=1 on nodes without internet)."
         ) from None
+    if safety_checker == "drop" and getattr(pipe, "safety_checker", None) is not None:  # never silently kept
+        raise RuntimeError(f"{where.where} loaded with its safety checker although model.safety_checker=drop")
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)

@@ -8,14 +8,14 @@ import sys
 import warnings
 from pathlib import Path
 
-from crdiff.experiment import planner, preflight, schemas
+from crdiff.experiment import distributed, planner, preflight, schemas, slurm
 from crdiff.experiment.config import RunConfig
-from crdiff.experiment.run import check_device, execute, plan
+from crdiff.experiment.run import check_device, execute, plan, plan_search
 
 
 def preset_overrides(run: RunConfig, preset: Path) -> str:
     """The overrides that select a preset the search wrote (its folder is on the search path by default)."""
-    choice = f"pruning={preset.stem}"
+    choice = f"pruning={preset.stem}" + (f" amplify={preset.stem}" if run.search.search_k else "")
     if preset.parent.parent.resolve() == (Path(run.output_dir) / "presets").resolve() and run.output_dir == "outputs":
         return choice
     return f"{choice} 'hydra.searchpath=[file://{preset.parent.parent.resolve()}]'"
@@ -27,6 +27,7 @@ def cli() -> None:
     from omegaconf import OmegaConf
 
     schemas.register()
+    slurm.quiet_sacct()  # under hydra/launcher=slurm*, on a SLURM without accounting
     # <output_dir>/presets is on the search path for presets a search writes; before the first search it
     # does not exist yet, which is normal, not worth a warning on every run
     warnings.filterwarnings("ignore", message=r"provider=hydra\.searchpath in main, path=.*presets is not available")
@@ -48,7 +49,7 @@ def cli() -> None:
                 print(f"crdiff: error: {piece}", file=sys.stderr)
             if missing:
                 sys.exit(2)
-            checked = plan(run)  # every input check, before any model loads
+            checked = plan_search(run) if run.task == "search" else plan(run)  # every input check, no model yet
             check_device(checked)
         except (ValueError, TypeError) as err:
             print(f"crdiff: error: {err}", file=sys.stderr)
@@ -56,13 +57,23 @@ def cli() -> None:
         if run.task == "search":
             from crdiff.experiment.ratio_search import run_search
 
-            result = run_search(run)
-            if "preset" in result:
-                print(f"crdiff: search best {result['best_score']:.4f} at {result['best']} after "
-                      f"{result['iterations']} iterations -> preset {result['preset']}\n"
+            for result in run_search(run):
+                if "preset" not in result:  # ranks other than 0 write nothing
+                    continue
+                v = result["validation"]
+                held_out = "" if v is None else (
+                    f"; held-out seeds: best - start {v['difference']:+.4f} [{v['interval'][0]:+.4f}, "
+                    f"{v['interval'][1]:+.4f}] over {v['images']} images"
+                    + ("" if v["beats_start"] else ", NOT better than the start"))
+                print(f"crdiff: search best {result['best_score']:.4f} at {result['best']} ({result['resolutions']}, "
+                      f"{result['iterations']} iterations){held_out} -> preset {result['preset']}\n"
                       f"crdiff: use it with {preset_overrides(run, Path(result['preset']))}")
             return
-        summary = execute(run, checked)
+        try:
+            summary = execute(run, checked)
+        except distributed.NotShared as err:  # found at start, on every rank
+            print(f"crdiff: error: {err}", file=sys.stderr)
+            sys.exit(2)
         if summary["table"] is None:  # ranks other than 0 report nothing
             return
         print(f"crdiff: generated {summary['generated']} images, skipped {summary['skipped']} "

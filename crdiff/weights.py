@@ -3,9 +3,9 @@
 
 Each requirement answers three questions: `missing()` (None when it is on this machine, else why not;
 a real lookup in the hub cache, never a download), `fetch()` (download it, return the bytes that
-arrived) and `fix` (the one command that puts it in place). Cache locations are read from the
-environment at call time (HF_HUB_CACHE / HF_HOME, TORCH_HOME), so a test or a node can point them
-anywhere.
+arrived) and `fix` (the one command that puts it in place). Cache folders come from the libraries
+themselves (huggingface_hub's constants, torch.hub.get_dir()), the one source of truth the loaders
+also read: XDG_CACHE_HOME, HF_HOME, HF_HUB_CACHE and TORCH_HOME all count as they count there.
 """
 
 from __future__ import annotations
@@ -21,11 +21,50 @@ _NO_WEIGHTS = ("tokenizer", "scheduler", "feature_extractor", "image_processor",
 
 
 def hub_cache() -> Path:
-    """The Hugging Face hub cache: `$HF_HUB_CACHE`, else `$HF_HOME/hub`, else ~/.cache/huggingface/hub."""
-    for name in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):  # the second is the legacy name huggingface_hub reads
-        if os.environ.get(name):
-            return Path(os.environ[name]).expanduser()
-    return Path(os.environ.get("HF_HOME", "~/.cache/huggingface")).expanduser() / "hub"
+    """The Hugging Face hub cache exactly as huggingface_hub resolved it for this process (`HF_HUB_CACHE`,
+    else `$HF_HOME/hub`, else `$XDG_CACHE_HOME/huggingface/hub`, else ~/.cache/huggingface/hub, with `~`
+    and `$VARS` expanded): the folder every loader that calls the hub without a cache_dir (transformers,
+    open_clip, the metrics) reads, so preflight, prefetch and plan look where the run will."""
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE)
+
+
+def torch_hub() -> Path:
+    """torch.hub's folder (`$TORCH_HOME/hub`, else `$XDG_CACHE_HOME/torch/hub`, else ~/.cache/torch/hub):
+    torch-fidelity's Inception and the aesthetic head are kept under its `checkpoints/`."""
+    import torch
+
+    return Path(torch.hub.get_dir())
+
+
+def url_override(url: str) -> str:
+    """`url` from a mirror when `CRDIFF_WEIGHTS_URL` is set (`<mirror>/<file name>`): weights that do not come
+    from the hub (Inception, the aesthetic head) then download from a local file server, as in the tests."""
+    mirror = os.environ.get("CRDIFF_WEIGHTS_URL", "").rstrip("/")
+    return f"{mirror}/{url.rsplit('/', 1)[-1]}" if mirror else url
+
+
+# Repositories the hub serves only to an account that accepted the licence on the model's page, and only
+# with that account's token: say so before a download fails with a bare 401/403.
+GATED = {
+    "black-forest-labs/FLUX.1-dev": "the FLUX.1 [dev] Non-Commercial License",
+    "stabilityai/stable-diffusion-3-medium-diffusers": "the Stability AI Community License",
+}
+
+
+def gated(repo: str) -> str | None:
+    """What a gated `repo` needs before it downloads (None if it is not gated)."""
+    if repo not in GATED:
+        return None
+    return (f"{repo} is gated: accept {GATED[repo]} at https://huggingface.co/{repo} with your account, then "
+            "download with its token (HF_TOKEN=<token> or `hf auth login`)")
+
+
+def has_token() -> bool:
+    from huggingface_hub import get_token
+
+    return get_token() is not None
 
 
 def offline() -> bool:
@@ -60,6 +99,11 @@ class Requirement:
     def where(self) -> str:
         """Short name of what is fetched (repo id, file), for prefetch's report."""
         raise NotImplementedError
+
+    @property
+    def gate(self) -> str | None:
+        """What a gated repository needs before it downloads (licence, token); None for the others."""
+        return None
 
 
 @dataclass(frozen=True)
@@ -105,6 +149,10 @@ class HubFiles(Requirement):
     def where(self) -> str:
         return self.repo
 
+    @property
+    def gate(self) -> str | None:
+        return gated(self.repo)
+
 
 @dataclass(frozen=True)
 class UrlFile(Requirement):
@@ -123,7 +171,7 @@ class UrlFile(Requirement):
         if self.path.is_file():
             return 0
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        torch.hub.download_url_to_file(self.url, str(self.path), progress=False)
+        torch.hub.download_url_to_file(url_override(self.url), str(self.path), progress=False)
         return self.path.stat().st_size
 
     @property
@@ -223,7 +271,7 @@ class PipelineWeights(Requirement):
                 folder = Path(snapshot_download(self.source, revision=self.revision, cache_dir=hub_cache(),
                                                 local_files_only=True))
             except (LocalEntryNotFoundError, OSError, ValueError):
-                return f"{self.where} is not in the hub cache {hub_cache()}"
+                return f"{self.where} is not in the hub cache {hub_cache()}" + (f"; {self.gate}" if self.gate else "")
         gaps = pipeline_gaps(folder, self.variant)
         return f"{self.where} lacks {', '.join(gaps)} (in {folder})" if gaps else None
 
@@ -247,6 +295,10 @@ class PipelineWeights(Requirement):
         rev = f" --revision {self.revision}" if self.revision else ""
         weights = f"'*/*.{self.variant}.safetensors'" if self.variant else "'*/*.safetensors'"
         return f"hf download {self.source}{rev} --include '*.json' --include '*.txt' --include {weights}"
+
+    @property
+    def gate(self) -> str | None:
+        return None if self.is_folder else gated(self.source)
 
     @property
     def where(self) -> str:

@@ -7,7 +7,9 @@
     python -m crdiff.run experiment=miniature methods=[dense,native_resize] output_dir=study/native
     python -m crdiff.run experiment=miniature prompts.limit=10 metrics=none resolutions.unseen=[32x64,64x64] \
         output_dir=study/cost
-    python scripts/miniature_study.py --main outputs --baselines study/baselines --sweep-k study/sweep_k \
+    python -m crdiff.run -m experiment=miniature sampler.seed=0,1000,2000 'resolutions.unseen=[24x24]' \
+        'methods=[dense,crdiff]' output_dir=study/seeds                        # three seed sets, paired
+    python scripts/miniature_study.py --main outputs --seeds study/seeds --baselines study/baselines --sweep-k study/sweep_k \
         --sweep-ratios study/sweep_ratios --native study/native --cost study/cost --out results/miniature
 """
 
@@ -18,12 +20,15 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from crdiff.experiment.methods import METHODS
-from crdiff.report.plots import metric_vs_k, metric_vs_resolution
 from crdiff.experiment.results import load_table
-from crdiff.report.tables import COST, METRICS, cost_note, paper_table, to_markdown
+from crdiff.report.plots import metric_vs_k, metric_vs_resolution
+from crdiff.report.select import report_rows
+from crdiff.report.tables import (COST, METRICS, aggregate, cost_note, gains, gains_markdown, gains_title, paper_table,
+                                  to_markdown)
 
 NAMES = ["digit_accuracy", "digit_fid"]
 COST_TITLES = {"denoiser_calls": "denoiser calls per image (counted)", "seconds_per_image": "seconds per image"}
@@ -32,11 +37,14 @@ COST_TITLES = {"denoiser_calls": "denoiser calls per image (counted)", "seconds_
 def header(title: str, rows: pd.DataFrame, command: str, output_dir: str) -> list[str]:
     first = sorted(Path(output_dir, "results").glob("*.json"))[0]
     prov = json.loads(first.read_text())["provenance"]
+    seeds = sorted(set(rows.seed)) if "seed" in rows else [0]
     return [f"# {title}", "", f"- command: `{command}`",
             f"- commit {prov['git_sha'][:10]}, {prov['device_name']} ({prov['device']}), torch {prov['torch']}, "
             f"diffusers {prov['diffusers']}, {prov['time']}",
-            f"- {rows.n_images.iloc[0]} images per cell (prompt i = digit i mod 10, seed i), {rows.steps.iloc[0]} DDIM "
-            f"steps, guidance {rows.guidance.iloc[0]}", ""]
+            f"- {rows.n_images.iloc[0]} images per cell and seed set (prompt i = digit i mod 10, seed s + i for the "
+            f"seed sets s = {', '.join(map(str, seeds))}), {rows.steps.iloc[0]} DDIM steps, guidance {rows.guidance.iloc[0]}",
+            "- cells: value ± half-width of the 95% bootstrap interval over prompts (seed sets resampled together), "
+            "and with several seed sets the standard deviation of the per-set values (seeds ±s)", ""]
 
 
 def ordered(rows: pd.DataFrame) -> pd.DataFrame:
@@ -54,19 +62,32 @@ def cost_sections(rows: pd.DataFrame, index: list[str]) -> list[str]:
     return lines + [cost_note(rows)] if lines else []
 
 
-def pivot(rows: pd.DataFrame, index: list[str], metric: str) -> str:
-    table = rows.pivot_table(index=index, columns="resolution", values=metric, aggfunc="first")
-    order = list(dict.fromkeys(rows.sort_values(["height", "width"]).resolution))
+def pivot(cells: pd.DataFrame, index: list[str], metric: str) -> str:
+    """One line per `index` value, one column per resolution: `value ± half-width` of one run per cell
+    (`cells` from crdiff.report.tables.aggregate: a second run of a cell was refused before)."""
+    lo, hi = f"{metric}_lo", f"{metric}_hi"
+    text = [f"{v:.3f}" + ("" if lo not in cells or pd.isna(cells.at[i, lo]) else
+                          f" ± {(cells.at[i, hi] - cells.at[i, lo]) / 2:.3f}") for i, v in cells[metric].items()]
+    table = cells.assign(text=text).pivot(index=index, columns="resolution", values="text")
+    order = list(dict.fromkeys(cells.sort_values(["height", "width"]).resolution))
     table = table[[r for r in order if r in table.columns]]
     lines = ["| " + " | ".join(index + list(table.columns)) + " |", "|" + "---|" * (len(index) + len(table.columns))]
     for key, values in table.iterrows():
         key = key if isinstance(key, tuple) else (key,)
-        lines.append("| " + " | ".join([*map(str, key), *(f"{v:.3f}" for v in values)]) + " |")
+        lines.append("| " + " | ".join([*map(str, key), *("missing" if pd.isna(v) else v for v in values)]) + " |")
     return "\n".join(lines) + "\n"
 
 
-def real_floor(sizes=(50, 100), draws: int = 3, seed: int = 0) -> str:
-    """digit-FID of `draws` random subsets of each size of the real digits vs all 1,797 (same preprocessing)."""
+def study_cells(output_dir: str, experiment: str, by: tuple[str, ...] = ()) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(selected rows, one line per cell) of an experiment's rows: one run per cell, seed sets aggregated."""
+    rows, _ = report_rows(load_table(output_dir), experiment, by=by)
+    return rows, aggregate(rows, by=by)
+
+
+def real_floor(sizes=(50, 100), draws: int = 20, seed: int = 0) -> tuple[str, dict[int, list[float]]]:
+    """digit-FID of `draws` random subsets of each size of the real digits vs all 1,797 (same
+    preprocessing): the value a perfect generator would score at that sample size."""
+    import numpy as np
     import torch
     from PIL import Image
 
@@ -76,23 +97,23 @@ def real_floor(sizes=(50, 100), draws: int = 3, seed: int = 0) -> str:
     images, _ = digits.real_digits()
     real = [preprocess(Image.fromarray((im[0] * 255).round().byte().numpy()).convert("RGB")) for im in images]
     generator = torch.Generator().manual_seed(seed)
+    fid = build_metric("digit_fid")
+    fid.update_reference(real)
+    reference, features = fid.reference(), fid.features(real).double()
+    values = {n: [fid.value(reference, features[torch.randperm(len(real), generator=generator)[:n]])
+                  for _ in range(draws)] for n in sizes}
     lines = ["# digit-FID of real digits against the reference (the small-sample floor)", "",
-             f"- `python scripts/miniature_study.py --real-floor`; subsets drawn with torch seed {seed}", "",
-             "| images | " + " | ".join(f"draw {d + 1}" for d in range(draws)) + " |", "|---|" + "---|" * draws]
-    for n in sizes:
-        values = []
-        for _ in range(draws):
-            fid = build_metric("digit_fid")
-            fid.update_reference(real)
-            fid.update([real[i] for i in torch.randperm(len(real), generator=generator)[:n].tolist()], [""] * n)
-            values.append(f"{fid.compute():.1f}")
-        lines.append(f"| {n} | " + " | ".join(values) + " |")
-    return "\n".join(lines) + "\n"
+             f"- `python scripts/miniature_study.py --real-floor`; {draws} subsets per size drawn with torch seed {seed}",
+             "", "| images | mean | 2.5% | 97.5% | min | max |", "|---|---|---|---|---|---|"]
+    for n, v in values.items():
+        lo, hi = np.percentile(v, [2.5, 97.5])
+        lines.append(f"| {n} | {np.mean(v):.1f} | {lo:.1f} | {hi:.1f} | {min(v):.1f} | {max(v):.1f} |")
+    return "\n".join(lines) + "\n", values
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    for name in ("main", "baselines", "sweep_k", "sweep_ratios", "native", "cost"):
+    for name in ("main", "seeds", "baselines", "sweep_k", "sweep_ratios", "native", "cost"):
         parser.add_argument(f"--{name.replace('_', '-')}", help=f"output_dir of the {name} run")
     parser.add_argument("--real-floor", action="store_true",
                         help="digit-FID of random subsets of the real digits against all of them (the small-sample floor)")
@@ -101,47 +122,66 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    if args.main:
-        rows = load_table(args.main)
-        rows = rows[rows.experiment == "miniature"]
-        lines = header("Miniature: dense vs CR-Diff", rows, "make main", args.main)
+    for name, folder in (("main", args.main), ("seeds", args.seeds)):
+        if not folder:
+            continue
+        rows, cells = study_cells(folder, "miniature")
+        command = ("make main" if name == "main" else "python -m crdiff.run -m experiment=miniature "
+                   "sampler.seed=0,1000,2000 'resolutions.unseen=[24x24]' 'methods=[dense,crdiff]'")
+        lines = header("Miniature: dense vs CR-Diff" + (", three seed sets" if name == "seeds" else ""), rows, command,
+                       folder)
         methods = tuple(m for m in METHODS if m in set(rows.method))
         for setting, title in (("default", "Training resolution"), ("unseen", "Unseen resolutions")):
-            lines += [f"## {title}", "", to_markdown(paper_table(rows, setting, methods)), ""]
+            lines += [f"## {title}", "", to_markdown(paper_table(cells, setting, methods)), ""]
+        found = gains(rows)
+        if not found.empty:
+            lines += [f"## {gains_title()}", "", gains_markdown(found), ""]
+        n = int(rows.n_images.iloc[0])
+        _, floor = real_floor(tuple(sorted({50, 100, n})))  # the draws of real_floor.md, and n's
+        low, high = np.percentile(floor[n], [2.5, 97.5])
+        lines += [f"digit-FID floor at {n} images (real digits against the reference, 20 draws): mean "
+                  f"{np.mean(floor[n]):.1f}, 95% of draws {low:.1f}–{high:.1f} (`real_floor.md`): a cell's digit-FID "
+                  "is read against this, not against 0.", ""]
         if "seconds_device" in rows:
             lines.append(cost_note(rows))
-        (out / "main.md").write_text("\n".join(lines))
-        written += [out / "main.md", metric_vs_resolution(rows, "digits", out)]
+        (out / f"{name}.md").write_text("\n".join(lines))
+        (out / f"{name}_gains.csv").write_text(found.to_csv(index=False))
+        written += [out / f"{name}.md", out / f"{name}_gains.csv"]
+        if name == "main":
+            written.append(metric_vs_resolution(cells, "digits", out))
     if args.baselines:
-        rows = ordered(load_table(args.baselines))
+        rows, cells = study_cells(args.baselines, "miniature_baselines")
+        cells = ordered(cells)
         lines = header("Miniature: every method side by side", rows, "python -m crdiff.run experiment=miniature_baselines",
                        args.baselines)
         for metric in NAMES:
-            lines += [f"## {METRICS[metric][0]}", "", pivot(rows, ["method"], metric), ""]
-        lines += cost_sections(rows, ["method"])
+            lines += [f"## {METRICS[metric][0]}", "", pivot(cells, ["method"], metric), ""]
+        lines += [f"## {gains_title()}", "", gains_markdown(gains(rows)), ""]
+        lines += cost_sections(cells, ["method"])
         (out / "baselines.md").write_text("\n".join(lines))
         written.append(out / "baselines.md")
     if args.sweep_k:
-        rows = load_table(args.sweep_k)
-        rows.loc[rows.method == "dense", "k"] = 0.0
+        rows, cells = study_cells(args.sweep_k, "miniature_sweep_k", by=("k",))
         lines = header("Miniature: k sweep (k = 0 is dense, k = 1 is BWP alone)", rows,
                        "python -m crdiff.run -m experiment=miniature_sweep_k", args.sweep_k)
         for metric in NAMES:
-            lines += [f"## {METRICS[metric][0]}", "", pivot(rows, ["k"], metric), ""]
+            lines += [f"## {METRICS[metric][0]}", "", pivot(cells.assign(k=cells.k.fillna(0.0)), ["k"], metric), ""]
         (out / "sweep_k.md").write_text("\n".join(lines))
-        written += [out / "sweep_k.md", metric_vs_k(rows.assign(k=rows.k.where(rows.method != "dense")), "digits", out)]
+        written += [out / "sweep_k.md", metric_vs_k(cells, "digits", out)]
     if args.sweep_ratios:
-        rows = load_table(args.sweep_ratios)
-        rows = rows.assign(ratios=[("dense" if m == "dense" else f"{d:.1f} / {mi:.1f} / {u:.1f}")
-                                   for m, d, mi, u in zip(rows.method, rows.ratio_down, rows.ratio_mid, rows.ratio_up)])
+        by = ("ratio_down", "ratio_mid", "ratio_up")
+        rows, cells = study_cells(args.sweep_ratios, "miniature_sweep_ratios", by=by)
+        cells = cells.assign(ratios=[("dense" if m == "dense" else f"{d:.1f} / {mi:.1f} / {u:.1f}")
+                                     for m, d, mi, u in zip(cells.method, cells.ratio_down, cells.ratio_mid, cells.ratio_up)])
         lines = header("Miniature: ratio sweep (down / mid / up, k = 1.5)", rows,
                        "python -m crdiff.run -m experiment=miniature_sweep_ratios", args.sweep_ratios)
         for metric in NAMES:
-            lines += [f"## {METRICS[metric][0]}", "", pivot(rows, ["ratios"], metric), ""]
+            lines += [f"## {METRICS[metric][0]}", "", pivot(cells, ["ratios"], metric), ""]
         (out / "sweep_ratios.md").write_text("\n".join(lines))
         written.append(out / "sweep_ratios.md")
     if args.native:
-        rows = ordered(load_table(args.native))
+        rows, cells = study_cells(args.native, "miniature")
+        cells = ordered(cells)
         lines = header("Miniature: native_resize (draw at the training size or the nearest trained aspect, then "
                        "resize)", rows, "python -m crdiff.run experiment=miniature methods=[native_resize]; dense: methods=[dense] "
                        "resolutions.unseen=[24x24,32x64,48x48], the main job's images",
@@ -150,18 +190,19 @@ def main(argv=None) -> int:
         lines += ["native_resize draws at: " + ", ".join(f"{r} from {d}" for r, d in zip(drawn.resolution, drawn.drawn_at))
                   + " (centre crop to the target aspect, then Lanczos)", ""]
         for metric in NAMES:
-            lines += [f"## {METRICS[metric][0]}", "", pivot(rows, ["method"], metric), ""]
-        lines += cost_sections(rows, ["method"])
+            lines += [f"## {METRICS[metric][0]}", "", pivot(cells, ["method"], metric), ""]
+        lines += cost_sections(cells, ["method"])
         if args.cost:
-            cost = ordered(load_table(args.cost))
+            cost_rows, cost = study_cells(args.cost, "miniature")
+            cost = ordered(cost)
             lines += ["# Cost of dense, CR-Diff and native_resize side by side",
-                      "", *header("", cost, "python -m crdiff.run experiment=miniature prompts.limit=10 "
+                      "", *header("", cost_rows, "python -m crdiff.run experiment=miniature prompts.limit=10 "
                                   "metrics=none resolutions.unseen=[32x64,64x64]",
                                   args.cost)[2:], *cost_sections(cost, ["method"])]
         (out / "native_resize.md").write_text("\n".join(lines))
         written.append(out / "native_resize.md")
     if args.real_floor:
-        (out / "real_floor.md").write_text(real_floor())
+        (out / "real_floor.md").write_text(real_floor()[0])
         written.append(out / "real_floor.md")
     print("\n".join(str(p) for p in written if p))
     return 0

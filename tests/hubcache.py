@@ -34,3 +34,15 @@ def remove(snapshot: Path, name: str) -> None:
     """Drop one file or folder from a snapshot (an interrupted download)."""
     path = snapshot / name
     shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+
+
+def use(monkeypatch, cache: Path, torch_home: Path | None = None) -> Path:
+    """Point this process (huggingface_hub resolved its cache folder at import: patch its constant too)
+    and its subprocesses (the environment) at `cache`, and torch's hub at `torch_home`."""
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    if torch_home is not None:
+        monkeypatch.setenv("TORCH_HOME", str(torch_home))
+    return Path(cache)

@@ -3,7 +3,7 @@
 Tiny overrides: the paper's models become their tiny stand-ins (same classes, random weights), 2 prompts
 (COCO-5K becomes a 2-row prompt CSV with real images beside it, for FID/KID), 2 steps, stand-in scorers
 (`metrics.tiny=true`), the first unseen size only; a sweep runs its first point; a search runs 2
-iterations and writes its preset under the test's output folder.
+iterations per resolution, validates on one held-out seed and writes its presets under the test's output folder.
 """
 
 import math
@@ -32,9 +32,8 @@ def tiny_overrides(experiment: str, tmp_path) -> list[str]:
     unseen = compose_run(*overrides).resolutions.unseen
     overrides += [f"resolutions.unseen=[{unseen[0]}]"] if unseen else []  # default + one unseen size
     if cfg.task == "search":
-        overrides += [f"search.preset_root={tmp_path / 'presets'}", "++search.anneal.iterations=2"]
-        if model in PAPER_MODELS:
-            overrides += ["search.resolutions=[]"]  # the tiny model's first unseen size, not 512x512
+        overrides += [f"search.preset_root={tmp_path / 'presets'}", "++search.anneal.iterations=2",
+                      "search.validation_seeds=1"]
     return overrides
 
 
@@ -48,9 +47,10 @@ def test_every_experiment_runs_end_to_end_and_scores(experiment, tmp_path):
     if run.task == "search":
         from crdiff.experiment.ratio_search import run_search
 
-        result = run_search(run)
-        assert math.isfinite(result["best_score"]) and result["iterations"] >= 1
-        assert Path(result["preset"]).parent == tmp_path / "presets" / "pruning" and Path(result["preset"]).is_file()
+        for result in run_search(run):
+            assert math.isfinite(result["best_score"]) and result["iterations"] >= 1
+            assert Path(result["preset"]).parent == tmp_path / "presets" / "pruning"
+            assert Path(result["preset"]).is_file() and result["validation"]["images"] >= 2
         return
     table = execute(run)["table"]
     want = {(m, str(r)) for m in run.methods for _, r in run.resolutions.selected()}

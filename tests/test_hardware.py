@@ -134,3 +134,55 @@ def test_provenance_records_torch_s_cuda_build_driver_and_gpus():
     assert prov["torch_cuda"] == torch.version.cuda and prov["torch"] == torch.__version__
     assert (prov["driver"], prov["driver_cuda"], prov["gpus"]) == ("535.104.05", "12.2", list(OLD_DRIVER.names))
     assert provenance("cpu")["gpus"] == list(probe().names)
+
+
+def gpu_node(tmp_path: Path) -> Path:
+    dev = tmp_path / "dev"
+    dev.mkdir()
+    for name in ("nvidia0", "nvidia1", "nvidiactl"):
+        (dev / name).touch()
+    return dev
+
+
+@pytest.mark.parametrize("visible", ["", "-1", "NoDevFiles"])
+def test_gpus_hidden_by_cuda_visible_devices_mean_no_gpu(tmp_path, monkeypatch, visible):
+    """A CPU-only step on a GPU node (an old driver, too): tiny models run on the CPU, full-size ones ask for
+    device=cpu, and nothing advises reinstalling torch."""
+    from crdiff.experiment.run import check_device
+
+    dev, smi = gpu_node(tmp_path), str(fake_smi(tmp_path / "bin"))
+    machine = probe(dev, smi, {"CUDA_VISIBLE_DEVICES": visible})
+    assert machine.has_gpu and machine.hidden == f"CUDA_VISIBLE_DEVICES={visible!r}"
+    assert probe(dev, smi, {}).hidden is None and probe(dev, smi, {"CUDA_VISIBLE_DEVICES": "0"}).hidden is None
+    assert pick("auto", 0, cuda_count=0, machine=machine) == "cpu"
+    with pytest.raises(ValueError, match=r"device=cuda but its GPUs are hidden from this process \(CUDA_VISIBLE_DEVI"):
+        pick("cuda", 0, cuda_count=0, machine=machine)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    monkeypatch.setattr(hardware, "probe", lambda: probe(dev, smi))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert check_device(compose_plan(f"output_dir={tmp_path}")) == "cpu"  # tiny-sdxl
+    with pytest.raises(ValueError, match="model sdxl is full size and this machine has no GPU.*device=cpu") as err:
+        check_device(compose_plan("model=sdxl", f"output_dir={tmp_path}"))
+    assert "pip install" not in str(err.value)
+
+
+def test_gpus_hidden_by_a_cgroup_mean_no_gpu(tmp_path, monkeypatch):
+    dev, smi = gpu_node(tmp_path), str(tmp_path / "no-smi")  # nvidia-smi finds no device either
+    monkeypatch.setattr(hardware, "_opens", lambda path: False)  # EPERM, as a cgroup's device list answers
+    machine = probe(dev, smi, {})
+    assert machine.hidden.startswith(f"this process may not open {dev}/nvidia")
+    assert pick("auto", 0, cuda_count=0, machine=machine) == "cpu"
+
+
+def test_reinstall_advice_only_when_torch_s_build_and_the_driver_disagree(monkeypatch):
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    new_driver = Probe(1, ("NVIDIA H200",), "580.65.06", "13.0")
+    with pytest.raises(ValueError) as err:
+        pick("auto", 0, cuda_count=0, machine=new_driver)
+    assert "pip install" not in str(err.value) and "device=cpu" in str(err.value)
+    assert "its build suits the driver" in str(err.value)
+    with pytest.raises(ValueError, match="whl/cu126"):
+        pick("auto", 0, cuda_count=0, machine=OLD_DRIVER)
+    monkeypatch.setattr(torch.version, "cuda", None)  # a CPU-only build on a GPU node
+    with pytest.raises(ValueError, match="a CPU-only build.*pip install"):
+        pick("auto", 0, cuda_count=0, machine=new_driver)

@@ -11,6 +11,7 @@ from torch import nn
 from crdiff.metrics import MetricUnavailableError, build_metric
 from crdiff.metrics.image_reward import MEAN, STD, ImageRewardModel, configs, convert_state_dict
 from crdiff.metrics.tiny import tiny_image_reward
+import hubcache
 
 
 def blip_checkpoint(seed=0):
@@ -69,6 +70,6 @@ def test_real_configs_have_imagereward_shapes():
 
 def test_missing_checkpoint_offline_names_the_prefetch_command(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HOME", str(tmp_path))
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    hubcache.use(monkeypatch, tmp_path / "hub")
     with pytest.raises(MetricUnavailableError, match="ImageReward v1.0 .*prefetch_weights.py"):
         build_metric("image_reward")

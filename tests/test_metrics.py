@@ -12,6 +12,7 @@ from scipy import linalg
 from crdiff.metrics import MetricUnavailableError, build_metric, preprocess
 from crdiff.metrics.fid import to_uint8
 from crdiff.metrics.tiny import TinyFeatures, tiny_open_clip
+import hubcache
 
 PROMPTS = ["a cat", "a red bus", "two dogs", "a lighthouse", "a bowl of fruit", "a horse", "pasta", "a city"]
 
@@ -129,7 +130,7 @@ def test_rank_count_invariance(tmp_path):
 
 def test_missing_weights_offline_name_the_prefetch_command(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HOME", str(tmp_path))
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    hubcache.use(monkeypatch, tmp_path / "hub")
     for name in ("pickscore", "aesthetic", "clip"):
         with pytest.raises(MetricUnavailableError, match="scripts/prefetch_weights.py"):
             build_metric(name)
@@ -199,8 +200,71 @@ def test_the_reference_cache_is_used_only_when_every_rank_sees_it(tmp_path, monk
     stale.update_reference(random_images(4, 7))
     stale.save_reference(cache)
     scoring.load_reference(metric, cfg, prompts, [0, 1, 2, 3], True)  # one process: the cache it sees
-    cached = metric.metric.real_features_sum.clone()
-    assert torch.equal(cached, stale.metric.real_features_sum)
+    cached = metric.reference().clone()
+    assert torch.equal(cached, stale.reference())
     metric.reset()
     scoring.load_reference(metric, cfg, prompts, [0, 1, 2, 3], True, everywhere=lambda found: False)
-    assert metric.pending_cache == cache and not torch.equal(metric.metric.real_features_sum, cached)
+    assert metric.pending_cache == cache and not torch.equal(metric.reference(), cached)
+
+
+def _kid_rank(rank, world, init, results):
+    torch.distributed.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    results[(world, rank)] = _kid_of_share(rank, world)
+    torch.distributed.destroy_process_group()
+
+
+def _kid_of_share(rank, world):
+    """KID with random subsets smaller than the sets (5 subsets of 6 of 12 images), this rank's share."""
+    real, fake, mine = random_images(12, 4), random_images(12, 3), list(range(rank, 12, world))
+    kid = build_metric("kid", tiny=True, subsets=5, subset_size=6)
+    kid.update_reference([real[i] for i in mine], mine)
+    kid.update([fake[i] for i in mine], [PROMPTS[i % 8] for i in mine], mine)
+    return kid.compute()
+
+
+@pytest.mark.slow
+def test_kid_does_not_depend_on_the_rank_count(tmp_path):
+    """KID's subsets are drawn from the features in image order, not in the order ranks gathered them."""
+    results = mp.Manager().dict()
+    for world in (2, 4):
+        mp.spawn(_kid_rank, args=(world, f"file://{tmp_path}/init{world}", results), nprocs=world)
+    single = _kid_of_share(0, 1)
+    assert all(v == pytest.approx(single, abs=1e-6) for v in results.values()) and len(results) == 6
+    shuffled = build_metric("kid", tiny=True, subsets=5, subset_size=6)  # updates in another order: same value
+    real, fake, order = random_images(12, 4), random_images(12, 3), [5, 0, 11, 3, 1, 2, 4, 10, 9, 6, 8, 7]
+    shuffled.update_reference([real[i] for i in order], order)
+    shuffled.update([fake[i] for i in order], [PROMPTS[i % 8] for i in order], order)
+    assert shuffled.compute() == pytest.approx(single, abs=1e-6)
+
+
+def test_per_image_values_come_back_in_image_order():
+    images = random_images(6, 5)
+    metric = build_metric("clip", tiny=True)
+    metric.update(images[3:], PROMPTS[3:6], [3, 4, 5])
+    metric.update(images[:3], PROMPTS[:3], [0, 1, 2])
+    index, values = metric.per_image()
+    whole = build_metric("clip", tiny=True)
+    whole.update(images, PROMPTS[:6])
+    assert index.tolist() == list(range(6)) and torch.allclose(values, whole.per_image()[1], atol=1e-6)
+    assert metric.compute() == pytest.approx(float(values.mean()), abs=1e-12)
+
+
+def test_intervals_and_mcnemar_against_scipy():
+    from scipy import stats
+
+    from crdiff.metrics import intervals
+
+    values = np.random.default_rng(0).normal(0.3, 0.05, 200)
+    low, high = intervals.mean_interval(values, resamples=2000, seed=1)
+    assert low < values.mean() < high and high - low == pytest.approx(2 * 1.96 * values.std() / np.sqrt(200), rel=0.15)
+    assert intervals.mean_interval(values, 2000, 1) == [low, high]  # seeded: the same interval every time
+    assert intervals.mean_interval(np.stack([values, values])) == intervals.mean_interval(values)
+    assert intervals.mean_interval(values[:1]) is None and intervals.mean_interval(values, resamples=0) is None
+    # a general statistic over prompt indices (how FID is resampled) agrees with the vectorised mean
+    assert intervals.interval(lambda idx: values[idx].mean(), 200, 300, 1) == pytest.approx(
+        intervals.mean_interval(values, 300, 1), abs=1e-12)
+    dense, method = np.array([1, 1, 0, 0, 1, 0, 0, 0, 1, 0]), np.array([1, 0, 1, 1, 1, 1, 1, 0, 1, 1])
+    test = intervals.mcnemar(dense, method)
+    assert (test["only_dense"], test["only_method"]) == (1, 5)
+    assert test["p"] == pytest.approx(stats.binomtest(5, 6, 0.5).pvalue) == pytest.approx(0.21875)
+    assert intervals.mcnemar(dense, dense)["p"] == 1.0

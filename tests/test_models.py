@@ -11,6 +11,7 @@ from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 import crdiff
 from crdiff import ModelUnavailableError, Resolution, load_pipeline
 from crdiff.tiny import build
+import hubcache
 
 
 def test_registry_agrees_with_the_paper_and_the_configs():
@@ -66,7 +67,7 @@ def test_unknown_model_is_a_clear_error():
 
 def test_missing_hub_model_offline_names_the_fix(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HOME", str(tmp_path))
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    hubcache.use(monkeypatch, tmp_path / "hub")
     assert os.environ["HF_HUB_OFFLINE"] == "1"
     with pytest.raises(ModelUnavailableError, match=r"scripts/prefetch_weights.py model=sd15` or `hf download "
                                                      r"stable-diffusion-v1-5/stable-diffusion-v1-5 "):
@@ -99,12 +100,9 @@ def test_target_counts_on_real_configs_match_the_paper(name, counts):
     assert {g: sum(m.weight.numel() for m in mods.values()) for g, mods in targets.items()} == counts
 
 
-def test_pipelines_load_without_their_safety_checker(tmp_path):
-    """A pipeline saved with a (tiny) safety checker, as SD1.5's: the checker is not loaded, so no image
-    is blackened before scoring."""
-    import json
-
-    from diffusers import DiffusionPipeline, StableDiffusionPipeline
+def _with_safety_checker(folder):
+    """A tiny SD1.5-like pipeline saved with a (tiny) safety checker, as SD1.5 ships."""
+    from diffusers import StableDiffusionPipeline
     from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
     from transformers import CLIPConfig, CLIPImageProcessor
 
@@ -114,7 +112,42 @@ def test_pipelines_load_without_their_safety_checker(tmp_path):
     parts = {k: v for k, v in build("sd15").components.items() if k not in ("safety_checker", "feature_extractor")}
     pipe = StableDiffusionPipeline(**parts, safety_checker=checker, feature_extractor=CLIPImageProcessor(),
                                    requires_safety_checker=True)
-    pipe.save_pretrained(tmp_path)
+    pipe.save_pretrained(folder)
+    return folder
+
+
+def test_the_safety_checker_is_kept_or_dropped_as_asked(tmp_path):
+    import json
+
+    from diffusers import DiffusionPipeline
+
+    folder = _with_safety_checker(tmp_path)
     assert json.loads((tmp_path / "model_index.json").read_text())["safety_checker"][1] == "StableDiffusionSafetyChecker"
     assert DiffusionPipeline.from_pretrained(tmp_path).safety_checker is not None  # diffusers' default
-    assert load_pipeline(str(tmp_path)).safety_checker is None
+    assert load_pipeline(str(folder)).safety_checker is None  # drop, the library's default
+    assert load_pipeline(str(folder), safety_checker="keep").safety_checker is not None
+    with pytest.raises(ValueError, match="model.safety_checker is 'maybe'; valid choices"):
+        load_pipeline(str(folder), safety_checker="maybe")
+
+
+def test_a_pinned_revision_does_not_override_the_safety_checker_setting(tmp_path, monkeypatch):
+    """Offline, a prefetched commit has no refs/main: the decision must read the pinned revision's
+    model_index.json from the same cache as the pipeline (it read the default branch and, failing,
+    loaded the checker whatever was asked)."""
+    from hubcache import add_repo, use
+
+    cache, revision = tmp_path / "hub", "1234567890abcdef1234567890abcdef12345678"
+    add_repo(cache, "someone/sd15-copy", _with_safety_checker(tmp_path / "saved"), revision=revision, main=False)
+    use(monkeypatch, cache)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert load_pipeline("someone/sd15-copy", revision=revision).safety_checker is None
+    assert load_pipeline("someone/sd15-copy", revision=revision, safety_checker="keep").safety_checker is not None
+
+
+@pytest.mark.parametrize("experiment", ["table_a", "table_b", "sweep_k", "sweep_ratios", "baselines"])
+def test_table_experiments_keep_the_safety_checker_as_the_paper_evidently_did(experiment):
+    from test_run import compose_run
+
+    assert compose_run(f"experiment={experiment}", "model=sd15").model.safety_checker == "keep"
+    assert compose_run(f"experiment={experiment}", "model=sd15", "model.safety_checker=drop").model.safety_checker == "drop"
+    assert compose_run("experiment=smoke").model.safety_checker == "drop"

@@ -1,4 +1,6 @@
-"""Search, then table: per-(model, resolution) presets, the fallback, and what the rows record."""
+"""Search, then table: per-(model, resolution) presets, what they record, which the tables accept, the fallback."""
+
+import json
 
 import pytest
 from test_run import compose_run
@@ -9,14 +11,39 @@ from crdiff.models import Resolution
 TABLE = ["experiment=smoke", "resolutions.sets=[unseen]", "pruning.searched=true"]  # tiny-sdxl: 40x72, 96x96
 
 
+def write_searched(root, at, ratios, tiny=True, validation=None, *overrides, **objective):
+    """A preset at `at` as `experiment=search model=tiny-sdxl` writes it (stand-in scorer when `tiny`), its
+    objective fields then replaced by `objective`; returns its path."""
+    from crdiff.experiment.prompts import load_prompts
+    from crdiff.experiment.ratio_search import Search, write_preset
+    from crdiff.search import SearchState
+
+    run = compose_run("experiment=search", "model=tiny-sdxl", f"metrics.tiny={tiny}", f"output_dir={root}",
+                      f"search.preset_root={root}", *overrides)
+    p = run.prompts
+    state = SearchState(best=dict(ratios), best_score=1.0, history=[{"score": 0.5}])
+    search = Search((Resolution.parse(at),), f"searched_tiny-sdxl_{at}")
+    path = write_preset(run, state, search, load_prompts(p.kind, p.path, p.limit, p.texts), "cpu", validation)
+    if objective:
+        lines = path.read_text().splitlines()
+        at = next(i for i, line in enumerate(lines) if line.startswith("objective: "))
+        lines[at] = "objective: " + json.dumps({**json.loads(lines[at][len("objective: "):]), **objective})
+        path.write_text("\n".join(lines) + "\n")
+    return path
+
+
 def test_search_then_table_takes_the_searched_ratios_of_each_resolution(tmp_path):
     from crdiff.experiment.ratio_search import run_search
 
     out = tmp_path / "out"
-    found = run_search(compose_run("experiment=search_smoke", f"output_dir={out}", "search.resolutions=[40x72]",
-                                   f"search.preset_root={out / 'presets'}", "++search.anneal.iterations=2",
-                                   "sampler.steps=1"))
+    [found] = run_search(compose_run("experiment=search_smoke", f"output_dir={out}", "search.resolutions=[40x72]",
+                                     f"search.preset_root={out / 'presets'}", "++search.anneal.iterations=2",
+                                     "sampler.steps=1"))
     assert found["preset"] == str(out / "presets" / "pruning" / "searched_tiny-sdxl_40x72.yaml")
+    with pytest.raises(ValueError, match=r"objective.scorer is 'pickscore \(stand-in\)', experiment=search's "
+                                         r"protocol is 'image_reward \(stand-in\)'"):
+        plan(compose_run(*TABLE, f"output_dir={out}"))  # search_smoke is not the protocol: refused
+    write_searched(out / "presets", "40x72", found["best"])  # the protocol's preset, same ratios
     p = plan(compose_run(*TABLE, f"output_dir={out}"))  # default preset_path: <output_dir>/presets/pruning first
     rows = {(j.method, str(j.resolution)): row(p, j, {}, {}) for j in p.jobs}
     searched, fallback = rows[("crdiff", "40x72")], rows[("crdiff", "96x96")]
@@ -36,9 +63,9 @@ def test_search_then_table_takes_the_searched_ratios_of_each_resolution(tmp_path
 def test_preset_path_is_searched_in_order_and_a_foreign_preset_is_refused(tmp_path):
     first, second = tmp_path / "a", tmp_path / "b"
     for folder, down in ((first, 0.2), (second, 0.6)):
+        path = write_searched(tmp_path, "96x96", {"down": down, "mid": 0.3, "up": 0.4})
         folder.mkdir()
-        (folder / "searched_tiny-sdxl_96x96.yaml").write_text(
-            f"kind: blockwise\ncriterion: magnitude\nratios: {{down: {down}, mid: 0.3, up: 0.4}}\n")
+        path.rename(folder / path.name)
     run = compose_run(*TABLE, f"output_dir={tmp_path}", f"pruning.preset_path=[{first},{second}]")
     job = [j for j in plan(run).jobs if j.method == "crdiff" and str(j.resolution) == "96x96"][0]
     assert run.method("crdiff", job.resolution).ratios == {"down": 0.2, "mid": 0.3, "up": 0.4}
@@ -52,15 +79,14 @@ def test_preset_path_is_searched_in_order_and_a_foreign_preset_is_refused(tmp_pa
 
 
 def test_table_a_runs_on_searched_presets_end_to_end(tmp_path):
-    presets = tmp_path / "presets" / "pruning"
-    presets.mkdir(parents=True)
-    (presets / "searched_tiny-sdxl_40x72.yaml").write_text(
-        "kind: blockwise\ncriterion: magnitude\nratios: {down: 0.5, mid: 0.1, up: 0.2}\n")
+    write_searched(tmp_path / "presets", "40x72", {"down": 0.5, "mid": 0.1, "up": 0.2}, False,
+                   {"beats_start": False})
     table = execute(compose_run("experiment=table_a", "model=tiny-sdxl", "prompts=builtin", "prompts.limit=1",
                                 "metrics=none", "sampler.steps=1", f"output_dir={tmp_path}"))["table"]
     crd = table[table.method == "crdiff"].set_index("resolution")
     assert crd.loc["40x72", ["ratio_down", "ratio_mid", "ratio_up"]].tolist() == [0.5, 0.1, 0.2]
     assert crd.loc["96x96", "ratios_source"].startswith("fallback") and (table.seed == 42).all()
+    assert crd.loc["40x72", "preset_beats_start"] == False and crd.loc["96x96", "preset_beats_start"] is None  # noqa: E712
 
 
 def test_a_hub_id_search_writes_the_preset_pruning_searched_finds(tmp_path):
@@ -70,18 +96,82 @@ def test_a_hub_id_search_writes_the_preset_pruning_searched_finds(tmp_path):
     from crdiff.experiment.ratio_search import write_preset
     from crdiff.search import SearchState
 
-    run = compose_run(*TABLE, "model.name=my-org/my-sdxl", f"output_dir={tmp_path}")
+    from crdiff.experiment.prompts import load_prompts
+    from crdiff.experiment.ratio_search import searches
+
+    run = compose_run("experiment=search", "model=tiny-sdxl", "model.name=my-org/my-sdxl", "metrics.tiny=true",
+                      f"output_dir={tmp_path}", "search.resolutions=[40x72]")
     best = {"down": 0.25, "mid": 0.35, "up": 0.45}
     state = SearchState(best=best, best_score=1.0, history=[{"score": 0.5}])
-    path = write_preset(run, state, [Resolution(40, 72)], "cpu")
+    [search] = searches(run)
+    path = write_preset(run, state, search, load_prompts("builtin", None, 2, []), "cpu")
     assert path == tmp_path / "presets" / "pruning" / "searched_my-org--my-sdxl_40x72.yaml"
-    assert presets.ratios_at(run, Resolution(40, 72)) == (best, "searched preset", str(path))
+    table = compose_run(*TABLE, "model.name=my-org/my-sdxl", f"output_dir={tmp_path}")
+    assert presets.ratios_at(table, Resolution(40, 72)) == (best, "searched preset", str(path))
 
 
 def test_a_random_mask_preset_of_another_seed_is_refused(tmp_path):
-    (tmp_path / "searched_tiny-sdxl_96x96.yaml").write_text(
-        "criterion: random\nseed: 3\nratios: {down: 0.2, mid: 0.3, up: 0.4}\n")
+    write_searched(tmp_path / "p", "96x96", {"down": 0.2, "mid": 0.3, "up": 0.4}, True, None,
+                   "pruning.criterion=random", "pruning.seed=3").rename(tmp_path / "searched_tiny-sdxl_96x96.yaml")
     args = (*TABLE, f"output_dir={tmp_path}", f"pruning.preset_path=[{tmp_path}]", "pruning.criterion=random")
     assert compose_run(*args, "pruning.seed=3").method("crdiff", Resolution(96, 96)).ratios["down"] == 0.2
     with pytest.raises(ValueError, match="searched with random masks of seed 3; pruning.seed is 0"):
         compose_run(*args).method("crdiff", Resolution(96, 96))
+
+
+@pytest.mark.parametrize("field, value, says", [
+    ("source", "my-org/other-weights", "objective.source is 'my-org/other-weights', this table's is 'tiny:sdxl'"),
+    ("resolution", "40x72", "objective.resolution is '40x72', this table's is '96x96'"),
+    ("prompts_digest", "0123456789ab", "objective.prompts_digest is '0123456789ab', experiment=search's protocol"),
+    ("k", 1.5, "objective.k is 1.5, experiment=search's protocol is 1.0"),
+    ("steps", 2, "objective.steps is 2, experiment=search's protocol is 30"),
+    ("guidance", 3.0, "objective.guidance is 3.0, experiment=search's protocol is 7.5"),
+    ("seed", 0, "objective.seed is 0, experiment=search's protocol is 24432"),
+])
+def test_a_preset_of_another_objective_is_refused_naming_the_field(tmp_path, field, value, says):
+    args = (*TABLE, f"output_dir={tmp_path}", f"pruning.preset_path=[{tmp_path / 'pruning'}]")
+    write_searched(tmp_path, "96x96", {"down": 0.2, "mid": 0.3, "up": 0.4})
+    assert compose_run(*args).method("crdiff", Resolution(96, 96)).ratios["down"] == 0.2
+    write_searched(tmp_path, "96x96", {"down": 0.2, "mid": 0.3, "up": 0.4}, **{field: value})
+    with pytest.raises(ValueError, match="^preset .*: " + __import__("re").escape(says)):
+        compose_run(*args).method("crdiff", Resolution(96, 96))
+
+
+def test_a_preset_without_an_objective_and_real_vs_stand_in_scorers_are_refused(tmp_path):
+    args = (*TABLE, f"output_dir={tmp_path}", f"pruning.preset_path=[{tmp_path}]")
+    (tmp_path / "searched_tiny-sdxl_96x96.yaml").write_text("ratios: {down: 0.2, mid: 0.3, up: 0.4}\n")
+    with pytest.raises(ValueError, match="records no objective .*experiment=search model=tiny-sdxl "
+                                         r"'search.resolutions=\[96x96\]'"):
+        compose_run(*args).method("crdiff", Resolution(96, 96))
+    write_searched(tmp_path / "real", "96x96", {"down": 0.2, "mid": 0.3, "up": 0.4}, False).rename(
+        tmp_path / "searched_tiny-sdxl_96x96.yaml")
+    with pytest.raises(ValueError, match=r"objective.scorer is 'image_reward', experiment=search's protocol is "
+                                         r"'image_reward \(stand-in\)'"):
+        compose_run(*args).method("crdiff", Resolution(96, 96))  # smoke scores with stand-ins
+
+
+def test_the_table_says_when_a_row_has_no_preset_or_one_that_did_not_beat_its_start():
+    import pandas as pd
+
+    from crdiff.report.tables import paper_table, to_markdown
+
+    rows = pd.DataFrame([
+        {"model": "sdxl", "setting": "unseen", "resolution": res, "method": method, "image_reward": value,
+         "ratios_source": None if method == "dense" else source, "preset_beats_start": beats}
+        for res, source, beats in (("512x512", "searched preset", True), ("400x560", "fallback: pruning.ratios "
+                                   "(no searched preset)", None), ("480x360", "searched preset", False))
+        for method, value in (("dense", 0.1), ("crdiff", 0.2))])
+    text = to_markdown(paper_table(rows, "unseen"))
+    assert "| sdxl | 512x512 |" in text and "| sdxl | 400x560 (no searched preset) |" in text
+    assert "| sdxl | 480x360 (preset not better than its start) |" in text
+
+
+@pytest.mark.parametrize("tiny", [False, True])
+def test_the_written_protocol_is_what_experiment_search_composes_to(tiny):
+    from crdiff.experiment import presets
+    from crdiff.experiment.prompts import load_prompts
+
+    run = compose_run("experiment=search", f"metrics.tiny={tiny}")
+    p = run.prompts
+    found = presets.objective(run, load_prompts(p.kind, p.path, p.limit, p.texts), [])
+    assert {f: found[f] for f in presets.PROTOCOL} == presets.protocol(run)

@@ -17,6 +17,7 @@ from crdiff.experiment.keys import run_key
 from crdiff.experiment.run import execute
 from crdiff.models import GONE_SOURCES, MODELS, load_pipeline, locate
 from crdiff.weights import HubFiles, PipelineWeights, UrlFile
+import hubcache
 from hubcache import add_repo, remove
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,9 +29,7 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
 @pytest.fixture
 def hub(tmp_path, monkeypatch):
     """An empty hub cache and torch hub for this test (read at call time by crdiff.weights)."""
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    return tmp_path / "hub"
+    return hubcache.use(monkeypatch, tmp_path / "hub", tmp_path / "torch")
 
 
 @pytest.fixture(scope="module")

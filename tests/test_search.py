@@ -1,7 +1,4 @@
-"""Simulated annealing: the reference loop of docs/method.md §2, resume, bounds, reheats, restarts, failures."""
-
-import math
-import random
+"""Simulated annealing: resume, bounds, reheats, restarts, failures (REF's trajectory: test_search_ref.py)."""
 
 import pytest
 
@@ -13,74 +10,14 @@ def smooth(p):
     return 1.0 - 4 * ((p["down"] - 0.45) ** 2 + (p["mid"] - 0.25) ** 2 + (p["up"] - 0.6) ** 2)
 
 
-def reference_loop(f, iterations=120, seed=42):
-    """docs/method.md §2 written out in one function (same draw order: choice, uniform, random)."""
-    rng = random.Random(seed)
-    names = ["down", "mid", "up"]
-    clip = lambda v: min(0.8, max(0.1, v))  # noqa: E731
-    cache, trail = {}, []
-
-    def evaluate(p):
-        key = tuple(round(p[n], 4) for n in names)
-        if key not in cache:
-            try:
-                cache[key] = f(p)
-            except Exception:  # noqa: BLE001
-                cache[key] = -2.0
-        trail.append((dict(p), cache[key]))
-        return cache[key]
-
-    t, cur = 0.1, {n: 0.3 for n in names}
-    cur_s = evaluate(cur)
-    best, best_s, stall, reheats, restarts = dict(cur), cur_s, 0, 0, 0
-    patience = max(5, int(iterations * 0.2))
-    for _ in range(iterations):
-        s = max(0.005, 0.10 * t / 0.1)
-        n = rng.choice(names)
-        cand = {**cur, n: clip(cur[n] + rng.uniform(-s, s))}
-        sc = evaluate(cand)
-        d = sc - cur_s
-        if d > 0 or rng.random() < math.exp(d / t):
-            cur, cur_s = cand, sc
-        if sc > best_s:
-            best, best_s, stall = dict(cand), sc, 0
-        else:
-            stall += 1
-        t *= 0.95
-        if stall >= patience:
-            stall = 0
-            if best_s > 0.8 and reheats < 3:
-                t *= 1.5
-                reheats += 1
-            elif restarts < 2:
-                restarts += 1
-                n = rng.choice(names)
-                cur = {**best, n: clip(best[n] + rng.uniform(-0.3, 0.3))}
-                cur_s = evaluate(cur)
-                if cur_s > best_s:
-                    best, best_s = dict(cur), cur_s
-                t = 0.1
-            else:
-                break
-    return best, best_s, trail
-
-
 def trail_of(state: SearchState):
     return [({k: h[k] for k in ("down", "mid", "up")}, h["score"]) for h in state.history]
-
-
-@pytest.mark.parametrize("objective", [smooth, lambda p: 0.5 - abs(p["mid"] - 0.7), lambda p: 0.3])
-def test_same_trajectory_as_reference_loop(objective):
-    state = anneal(objective, SearchConfig())
-    best, best_score, trail = reference_loop(objective)
-    assert trail_of(state) == trail
-    assert state.best == best and state.best_score == best_score
 
 
 def test_points_stay_in_bounds_and_search_improves():
     state = anneal(smooth, SearchConfig())
     assert all(0.1 <= h[g] <= 0.8 for h in state.history for g in ("down", "mid", "up"))
-    assert state.best_score > 0.8 > smooth({"down": 0.3, "mid": 0.3, "up": 0.3})  # improved on the start
+    assert state.best_score > 0.7 > 0.6 > smooth({"down": 0.3, "mid": 0.3, "up": 0.3})  # improved on the start
     assert state.best_score == max(h["score"] for h in state.history)
 
 
@@ -102,9 +39,11 @@ def test_kill_and_resume_gives_the_identical_trajectory(tmp_path):
     assert trail_of(resumed) == trail_of(full) and resumed.best == full.best
 
 
-def test_reheats_when_the_best_passed_the_threshold():
-    state = anneal(lambda p: 0.9, SearchConfig())  # flat: patience runs out every 24 iterations
-    assert state.reheats == 3 and state.restarts == 2 and state.done
+def test_only_a_main_loop_best_above_the_threshold_unlocks_reheats():
+    flat = anneal(lambda p: 0.9, SearchConfig())  # the start scores 0.9, but no move ever beats it
+    assert flat.reheats == 0 and flat.restarts == 2 and len(flat.history) == 1 + 72 + 2 and flat.done
+    rising = anneal(lambda p: 0.9 + p["up"] - 0.3, SearchConfig())
+    assert rising.reheat_unlocked and rising.reheats == 3
 
 
 def test_restarts_then_stops_below_the_threshold():
@@ -114,15 +53,31 @@ def test_restarts_then_stops_below_the_threshold():
 
 
 def test_failing_trials_score_minus_two_and_the_search_goes_on():
+    calls = []
+
     def flaky(p):
+        calls.append(dict(p))
         if p["up"] > 0.35:
             raise RuntimeError("out of memory")
         return smooth(p)
 
     state = anneal(flaky, SearchConfig())
-    failed = [h for h in state.history if h["up"] > 0.35 and not h["cached"]]
-    assert failed and all(h["score"] == -2.0 for h in failed) and state.iteration > 24
-    assert state.best["up"] <= 0.35
+    failed = [h for h in state.history if h["up"] > 0.35]
+    assert failed and all(h["score"] == -2.0 and h["failed"] and not h["cached"] for h in failed)
+    assert state.iteration > 24 and state.best["up"] <= 0.35
+    assert not any(f"{h['down']:.4f}_{h['up']:.4f}_{h['mid']:.4f}" in state.cache for h in failed)
+
+
+def test_a_failed_prompt_scores_minus_two_inside_the_mean_and_is_tried_again():
+    tried = []
+
+    def half(p):
+        tried.append(1)
+        return [0.5, None] if len(tried) == 1 else [0.5, 0.7]
+
+    state = anneal(half, SearchConfig(iterations=1, start={"down": 0.1, "up": 0.1, "mid": 0.1}, low=0.1, high=0.1 + 1e-9))
+    assert state.history[0]["score"] == (0.5 - 2.0) / 2 and state.history[0]["failed"]
+    assert state.history[1]["score"] == pytest.approx(0.6) and not state.history[1]["cached"]
 
 
 def test_bad_bounds():
@@ -173,7 +128,7 @@ def test_search_smoke_resumes_after_a_kill_and_writes_a_preset_a_table_experimen
     b = SearchState.load(next((tmp_path / "out").glob("search/*/state.json")))
     assert trail_of(a) == trail_of(b) and a.best == b.best and b.done
     csv = next((tmp_path / "out").glob("search/*/trials.csv")).read_text().splitlines()
-    assert csv[0].startswith("iteration,kind,down,mid,up,score") and len(csv) == len(b.history) + 1
+    assert csv[0] == "iteration,kind,down,mid,up,score,temperature,cached,failed" and len(csv) == len(b.history) + 1
 
     presets = tmp_path / "out" / "presets"
     preset = presets / "pruning" / "searched_tiny-sdxl_40x72.yaml"
@@ -197,7 +152,7 @@ def test_refine_experiment_composes_with_k():
         cfg = compose("config", overrides=["experiment=refine", "model=tiny-sd15", "prompts.texts=[a red fox]"])
     run = RunConfig.from_dict(OmegaConf.to_container(cfg, resolve=True))
     settings = run.search.settings()
-    assert settings.variables == ("down", "mid", "up", "k") and settings.clip("k", 9.0) == 3.0
+    assert settings.variables == ("down", "up", "mid", "k") and settings.clip("k", 9.0) == 3.0
     assert run.task == "search" and run.search.compare
 
 
@@ -207,14 +162,15 @@ def test_refine_saves_dense_vs_refined_with_scores(tmp_path):
 
     done = run_cli("experiment=refine", "model=tiny-sd15", "prompts.texts=[a red fox in the snow,a lighthouse]",
                    "metrics=tiny", "search.metric=pickscore", "search.resolutions=[40x72]",
-                   "search.anneal={iterations: 3}", "sampler.steps=2", f"output_dir={tmp_path}",
+                   "search.anneal={iterations: 3}", "search.validation_seeds=1", "sampler.steps=2", f"output_dir={tmp_path}",
                    f"search.preset_root={tmp_path / 'conf'}")
     assert done.returncode == 0, done.stderr[-2000:]
     folder = next(tmp_path.glob("search/*"))
     scores = json.loads((folder / "comparison.json").read_text())
     assert set(scores) == {"dense", "refined", "best"} and 1.0 <= scores["best"]["k"] <= 3.0
     assert (folder / "dense_vs_refined_40x72.png").exists()
-    k_preset = (tmp_path / "conf" / "amplify" / "searched_tiny-sd15_40x72.yaml").read_text()
+    assert not list((tmp_path / "conf").glob("*/searched_*"))  # a refinement never writes a table's preset
+    k_preset = (tmp_path / "conf" / "amplify" / "refined_tiny-sd15_40x72.yaml").read_text()
     assert f"k: {round(scores['best']['k'], 4)}\n" in k_preset
 
 

@@ -75,6 +75,7 @@ def tiny_results(out: Path) -> None:
             for method, k in [("dense", None), ("crdiff", 1.5), ("crdiff", 2.0)]:
                 key = f"{model}-{res[0]}x{res[1]}-{method}-{k}"
                 write_row(out / "results", key, {
+                    "experiments": ["sweep_k"], "seed": 42,
                     "model": model, "method": method, "setting": setting, "resolution": f"{res[0]}x{res[1]}",
                     "height": res[0], "width": res[1], "k": k,
                     "metrics": {"fid": float(rng.uniform(30, 50)), "clip": float(rng.uniform(0.29, 0.32))}})

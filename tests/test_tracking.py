@@ -57,16 +57,16 @@ def test_a_k_sweep_job_writes_summary_scalars_per_method_and_resolution(tmp_path
 def test_the_search_logs_one_step_per_trial(tmp_path):
     from crdiff.experiment.ratio_search import run_search
 
-    result = run_search(compose_run("experiment=search_smoke", f"output_dir={tmp_path}", "wandb=offline",
-                                    "++search.anneal.iterations=3", "sampler.steps=1",
-                                    f"search.preset_root={tmp_path / 'presets'}"))
+    [result] = run_search(compose_run("experiment=search_smoke", f"output_dir={tmp_path}", "wandb=offline",
+                                      "++search.anneal.iterations=3", "sampler.steps=1",
+                                      f"search.preset_root={tmp_path / 'presets'}"))
     records = offline_records(tmp_path)
     steps = [data for kind, data in records if kind == "history"]
     trials = (Path(result["folder"]) / "trials.csv").read_text().splitlines()[1:]
     assert len(steps) == len(trials) == 4 and [s["_step"] for s in steps] == [0, 1, 2, 3]  # start + 3 iterations
     best = float("-inf")
     for step, line in zip(steps, trials):
-        iteration, _, down, mid, up, score, temperature, _ = line.split(",")
+        iteration, _, down, mid, up, score, temperature, _, _ = line.split(",")
         best = max(best, float(score))
         assert (step["iteration"], step["down"], step["mid"], step["up"]) == (int(iteration), float(down),
                                                                                 float(mid), float(up))

@@ -46,11 +46,14 @@ class Claims:
         """Expired lease, or held by a process of this host that is gone (a killed run's claims)."""
         try:
             age = time.time() - path.stat().st_mtime
-            holder = json.loads(path.read_text() or "{}")
-        except (OSError, ValueError):  # released or being written right now: not ours to take
+        except OSError:  # released right now: not ours to take
             return False
-        if age > self.lease_s:
+        if age > self.lease_s:  # whatever it holds: a claim written half by a killed claimer expires too
             return True
+        try:
+            holder = json.loads(path.read_text() or "{}")
+        except (OSError, ValueError):  # released or being written right now
+            return False
         return holder.get("host") == HOST and holder.get("pid") != os.getpid() and not _alive(holder.get("pid", 0))
 
     def claim(self, index: int) -> bool:
@@ -61,7 +64,7 @@ class Claims:
             return False
         path = self.dir / f"{index:05d}.{0 if current is None else current[0] + 1}"
         try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)  # the umask decides
         except FileExistsError:  # another process claimed or took over first
             return False
         with os.fdopen(fd, "w") as f:

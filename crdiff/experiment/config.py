@@ -29,9 +29,13 @@ class ModelConfig:
     dtype: str = "fp32"
     source: str | None = None  # a hub id 'org/name' or a local folder in place of the registry's source
     revision: str | None = None  # hub branch, tag or commit
+    # keep | drop the pipeline's safety checker (SD1.5 ships one; SDXL, SD2.1 none): keep blackens the
+    # images it flags, as the paper's SD1.5 numbers evidently include (docs/protocol.md)
+    safety_checker: str = "drop"
 
     def __post_init__(self) -> None:
         _choice("model.dtype", self.dtype, DTYPES)
+        _choice("model.safety_checker", self.safety_checker, ("keep", "drop"))
         self.weights()  # unknown names, a source given twice, sources gone from the hub
 
     def weights(self):
@@ -39,7 +43,8 @@ class ModelConfig:
         return locate(self.name, self.source, self.revision, self.dtype)
 
     def load(self, device: str = "cpu"):
-        return load_pipeline(self.name, self.dtype, device, source=self.source, revision=self.revision)
+        return load_pipeline(self.name, self.dtype, device, source=self.source, revision=self.revision,
+                             safety_checker=self.safety_checker)
 
 
 @dataclass
@@ -61,6 +66,10 @@ class PruningConfig:
     # `ratios` (crdiff.experiment.presets); preset_path null: <output_dir>/presets/pruning, then conf/pruning
     searched: bool = False
     preset_path: list[str] | None = None
+    # written by the search into its preset: what produced the ratios and how they did against the start
+    # (crdiff.experiment.presets); `pruning.searched` checks them, pruning itself never reads them
+    objective: dict[str, Any] | None = None
+    validation: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         _choice("pruning.kind", self.kind, ("blockwise", "uniform", "none"))
@@ -177,6 +186,11 @@ class MetricsConfig:
     kid_subset_size: int = 1000
     clip_arch: str = "ViT-L-14"
     clip_pretrained: str = "openai"
+    # 95% bootstrap intervals over prompts (crdiff.metrics.intervals): resamples of per-image means, of
+    # FID / KID (each recomputes the distance: seconds per resample of 5,000 images on a CPU), their seed
+    resamples: int = 1000
+    feature_resamples: int = 50
+    interval_seed: int = 0
 
     def __post_init__(self) -> None:
         from crdiff.metrics import METRICS, PREPROCESSING
@@ -186,6 +200,10 @@ class MetricsConfig:
         _choice("metrics.preprocessing", self.preprocessing, PREPROCESSING)
         if self.batch_size < 1:
             raise ValueError(f"metrics.batch_size is {self.batch_size}; it must be a positive integer")
+        for name in ("resamples", "feature_resamples"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"metrics.{name} is {value!r}; it must be a whole number >= 0 (0: no interval)")
 
     @property
     def needs_reference(self) -> bool:
@@ -200,12 +218,13 @@ class RatioSearchConfig:
 
     anneal: dict[str, Any] = field(default_factory=dict)  # overrides of crdiff.search.SearchConfig
     metric: str = "image_reward"
-    resolutions: list[str] = field(default_factory=list)  # empty: the model's first unseen resolution
-    search_k: bool = False  # prompt-specific refinement may search k too
+    resolutions: list[str] = field(default_factory=list)  # one joint search; empty: one search per resolution
+    search_k: bool = False  # prompt-specific refinement searches k too (preset refined_<model>_<HxW>)
     k_bounds: tuple[float, float] = (1.0, 3.0)
     preset_root: str | None = None  # a Hydra config root; None: <output_dir>/presets (on the search path)
-    preset_name: str | None = None  # None: searched_<model>_<HxW>
+    preset_name: str | None = None  # None: searched_<model>_<HxW> (refined_... with search_k)
     compare: bool = False  # save dense vs refined images side by side with their scores
+    validation_seeds: int = 8  # after the search, best vs start on this many held-out seeds per prompt; 0: none
 
     def __post_init__(self) -> None:
         from crdiff.metrics import METRICS, REFERENCE_METRICS
@@ -216,15 +235,20 @@ class RatioSearchConfig:
                              "digit_accuracy)")
         for text in self.resolutions:
             Resolution.parse(text)
+        if isinstance(self.validation_seeds, bool) or not isinstance(self.validation_seeds, int) \
+                or self.validation_seeds < 0:
+            raise ValueError(f"search.validation_seeds is {self.validation_seeds!r}; it must be an integer >= 0")
         self.settings()  # validates the constants
 
     def settings(self):
         from crdiff.search import SearchConfig
 
-        variables = ("down", "mid", "up", "k") if self.search_k else ("down", "mid", "up")
+        from crdiff.search import REF_ORDER
+
+        variables = (*REF_ORDER, "k") if self.search_k else REF_ORDER  # REF's order decides the walk
         anneal = dict(self.anneal)
         if self.search_k:
-            anneal.setdefault("start", {"down": 0.3, "mid": 0.3, "up": 0.3, "k": 1.5})
+            anneal.setdefault("start", {"down": 0.3, "up": 0.3, "mid": 0.3, "k": 1.5})
         return SearchConfig(**anneal, variables=variables, bounds={"k": tuple(self.k_bounds)})
 
 

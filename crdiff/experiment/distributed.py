@@ -14,6 +14,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import TypeVar
 
 import torch
@@ -49,6 +50,14 @@ class Ranks:
         if self.world == 1:
             return list(values)
         total = torch.tensor(values, dtype=torch.int64)
+        dist.all_reduce(total)
+        return total.tolist()
+
+    def all_sum_float(self, values: list[float]) -> list[float]:
+        """Element-wise float64 sum over ranks: a value only one rank holds (the others 0.0) arrives exact."""
+        if self.world == 1:
+            return list(values)
+        total = torch.tensor(values, dtype=torch.float64)
         dist.all_reduce(total)
         return total.tolist()
 
@@ -111,6 +120,33 @@ def init(device: str = "auto", environ: Mapping[str, str] | None = None) -> tupl
             os.environ.update(env)  # env:// reads them; under torchrun they are already there
             dist.init_process_group("gloo", timeout=TIMEOUT)
     return ranks, device
+
+
+class NotShared(ValueError):
+    """Ranks of one launch see different output_dirs."""
+
+
+def check_shared(folder: Path, ranks: Ranks) -> None:
+    """Every rank must see one output_dir: claims and finished images are how ranks split the work, so
+    with a node-local folder every node would make every image. Rank 0 writes a file, every rank
+    looks for it, and all stop at once (the same error on each) if some rank cannot see it."""
+    if ranks.world == 1:
+        return
+    token = ranks.all_sum([random.SystemRandom().getrandbits(62) if ranks.is_main else 0])[0]
+    probe = Path(folder) / f".launch-{token}"
+    if ranks.is_main:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        probe.touch()
+    ranks.barrier()
+    blind = ranks.all_sum([int(r == ranks.rank and not probe.exists()) for r in range(ranks.world)])
+    ranks.barrier()
+    if ranks.is_main:
+        probe.unlink(missing_ok=True)
+    if any(blind):
+        ranks_ = [r for r, b in enumerate(blind) if b]
+        raise NotShared(f"output_dir={folder} is not one folder for all ranks: rank(s) {ranks_} of {ranks.world} do "
+                        "not see the file rank 0 wrote there (a node-local disk?); give every rank a folder on a "
+                        "shared filesystem")
 
 
 def shutdown() -> None:

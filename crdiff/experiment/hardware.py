@@ -2,13 +2,18 @@
 
 torch from the package index is built for CUDA 13.0 and needs an R580+ driver; on an older driver
 `torch.cuda.is_available()` is just False. So the machine is probed without torch (NVIDIA device files,
-`nvidia-smi -q`): GPUs that torch cannot use stop the run with the install command that fixes it.
+`nvidia-smi -q`): GPUs that torch cannot use because its CUDA build and the driver disagree stop the
+run with the install command that fixes it. GPUs hidden from this process on purpose (an empty
+`CUDA_VISIBLE_DEVICES`, a cgroup that denies the device files: a CPU-only step on a GPU node) mean
+"no GPU", as on a machine without one.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,14 +36,37 @@ class Probe:
     names: tuple[str, ...] = ()
     driver: str | None = None
     driver_cuda: str | None = None  # the newest CUDA the driver runs (nvidia-smi's "CUDA Version")
+    hidden: str | None = None  # why this process may not use them, when hidden on purpose
 
     @property
     def has_gpu(self) -> bool:
         return self.device_files > 0 or bool(self.names)
 
 
-def probe(dev: Path = Path("/dev"), smi: str = "nvidia-smi") -> Probe:
-    files = sum(1 for p in dev.glob("nvidia*") if re.fullmatch(r"nvidia\d+", p.name))
+# Values of CUDA_VISIBLE_DEVICES that select no GPU ("NoDevFiles": what older SLURM sets without a GPU GRES)
+NO_DEVICES = ("", "-1", "none", "NoDevFiles")
+
+
+def _opens(path: Path) -> bool:
+    """False when the kernel refuses the device file (a cgroup's device list; the file still shows)."""
+    try:
+        os.close(os.open(path, os.O_RDONLY))
+    except PermissionError:
+        return False
+    except OSError:  # busy, no driver loaded, ...: not a sign of hiding
+        return True
+    return True
+
+
+def probe(dev: Path = Path("/dev"), smi: str = "nvidia-smi", environ: Mapping[str, str] | None = None) -> Probe:
+    environ = os.environ if environ is None else environ
+    paths = [p for p in dev.glob("nvidia*") if re.fullmatch(r"nvidia\d+", p.name)]
+    files = len(paths)
+    hidden = None
+    if environ.get("CUDA_VISIBLE_DEVICES", "x").strip() in NO_DEVICES and files:
+        hidden = f"CUDA_VISIBLE_DEVICES={environ['CUDA_VISIBLE_DEVICES']!r}"
+    elif paths and not any(_opens(p) for p in paths):
+        hidden = f"this process may not open {paths[0]} (a cgroup's device list)"
     try:
         out = subprocess.run([smi, "-q"], capture_output=True, text=True, timeout=60).stdout
     except (OSError, subprocess.SubprocessError):  # no driver tools: the device files still count
@@ -49,7 +77,18 @@ def probe(dev: Path = Path("/dev"), smi: str = "nvidia-smi") -> Probe:
         return match[1] if match else None
 
     names = tuple(n.strip() for n in re.findall(r"^\s*Product Name\s*:\s*(.+)$", out, re.M))
-    return Probe(files, names, field_("Driver Version"), field_("CUDA Version"))
+    return Probe(files, names, field_("Driver Version"), field_("CUDA Version"), hidden)
+
+
+def disagree(p: Probe) -> bool:
+    """torch's build cannot run on this driver: a CPU-only build, or a CUDA newer than the driver runs."""
+    cuda = torch.version.cuda
+    if cuda is None:
+        return True
+    if p.driver_cuda is None:
+        return False  # unknown: not a reason to reinstall
+    need = next((oldest for _, oldest, _ in BUILDS if tuple(map(int, cuda.split(".")[:2])) >= oldest), (0, 0))
+    return tuple(int(x) for x in p.driver_cuda.split(".")[:2]) < need
 
 
 def fix(driver_cuda: str | None) -> str:
@@ -78,7 +117,7 @@ def unusable(p: Probe) -> str:
 def pick(device: str, local_rank: int = 0, cuda_count: int | None = None, machine: Probe | None = None) -> str:
     """The device of this rank: `auto` (and `cuda`) is its GPU, `cuda:<local_rank mod visible GPUs>`
     (ranks share GPUs when there are more ranks than GPUs; a task shown one GPU uses it), else the
-    CPU; GPUs torch cannot use are an error, for `auto` and `cuda` alike."""
+    CPU; GPUs torch cannot use are an error, for `auto` and `cuda` alike, unless hidden on purpose."""
     if cuda_count is None:
         cuda_count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if cuda_count and device in ("auto", "cuda"):
@@ -87,10 +126,16 @@ def pick(device: str, local_rank: int = 0, cuda_count: int | None = None, machin
         return device
     if device == "auto" or device.startswith("cuda"):
         machine = probe() if machine is None else machine
-        if machine.has_gpu:
-            raise ValueError(unusable(machine))
+        if machine.has_gpu and machine.hidden is None:
+            if disagree(machine):
+                raise ValueError(unusable(machine))
+            raise ValueError(f"this machine has NVIDIA GPU(s) [driver {machine.driver or 'unknown'}, CUDA "
+                             f"{machine.driver_cuda or 'unknown'}] that torch {torch.__version__} (CUDA "
+                             f"{torch.version.cuda}) cannot use although its build suits the driver: see nvidia-smi; "
+                             "or run on the CPU with device=cpu")
         if device.startswith("cuda"):
-            raise ValueError(f"device={device} but this machine has no NVIDIA GPU; valid here: auto, cpu")
+            why = f"its GPUs are hidden from this process ({machine.hidden})" if machine.hidden else "this machine has no NVIDIA GPU"
+            raise ValueError(f"device={device} but {why}; valid here: auto, cpu")
         return "cpu"
     return device  # mps, xpu, ...: torch names the problem if there is one
 

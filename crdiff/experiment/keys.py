@@ -23,15 +23,18 @@ EXCLUDED = frozenset({
     "SamplerConfig.batch_size",
     # act through the ratios they resolve per resolution, and those join the key (crdiff.experiment.presets)
     "PruningConfig.searched", "PruningConfig.preset_path",
+    "PruningConfig.objective", "PruningConfig.validation",  # a preset's provenance: never read by pruning
     "AmplifyConfig.batched", "CRDiffConfig.batched",
     "AmplifyConfig.weights", "CRDiffConfig.weights", "AmplifyConfig.memory_budget_gib", "CRDiffConfig.memory_budget_gib",
     "MetricsConfig.batch_size",
     "RatioSearchConfig.preset_root", "RatioSearchConfig.preset_name", "RatioSearchConfig.compare",
+    "RatioSearchConfig.validation_seeds",  # scored after the search: it never changes the walk
     "PruningConfig.model_kind",  # a guard: it refuses a model, never changes an image
 })
 # Bump when a metric's definition changes (preprocessing, feature layer, reference statistics): result
 # rows keyed before then are recomputed instead of mixed with new ones.
-METRICS_VERSION = 2  # 2: CLIP score on QuickGELU for OpenAI weights (issue 12)
+METRICS_VERSION = 3  # 2: CLIP score on QuickGELU for OpenAI weights (issue 12); 3: KID's subsets drawn in
+# image order (rank-count independent), per-image scores and 95% intervals in every row (issue 21)
 
 
 def semantic(value: Any) -> Any:

@@ -2,7 +2,9 @@
 
 One row per job (method x resolution, for each value of a sweep), the images already on disk, a
 GPU-hour estimate from the per-image times recorded in results/bench/throughput.csv, the disk the
-images take, and every missing piece (crdiff.experiment.preflight). Loads no weights.
+images take, and every missing piece (crdiff.experiment.preflight). Loads no weights. `task=plan`
+plans the command without it: `task=plan experiment=search` plans the search (one row per search
+and resolution: its trials at most, the images they draw, validation included).
 """
 
 from __future__ import annotations
@@ -80,9 +82,10 @@ def runs_of(overrides: list[str], hydra_cfg) -> list[tuple[list[str], RunConfig]
     `task=plan experiment=table_b` shows its three models); under `-m` Hydra already made this job one."""
     from hydra.types import RunMode
 
+    planned = [o for o in overrides if o.replace(" ", "") != "task=plan"]  # the command's own task
     if hydra_cfg.mode == RunMode.MULTIRUN:
-        return compose_runs(overrides, sweep={})
-    return compose_runs(overrides, sweep={str(k): str(v) for k, v in (hydra_cfg.sweeper.params or {}).items()})
+        return compose_runs(planned, sweep={})
+    return compose_runs(planned, sweep={str(k): str(v) for k, v in (hydra_cfg.sweeper.params or {}).items()})
 
 
 # ---- the cost of one image ------------------------------------------------------------------------
@@ -108,10 +111,19 @@ def measurements(path: Path = THROUGHPUT) -> list[Measurement]:
                 for r in csv.DictReader(f)]
 
 
+SEARCH = "search"  # the method column of a search's rows
+
+
 def cost_class(run: RunConfig, method: str, resolution: Resolution | None = None) -> str:
     """`crdiff` (two denoiser evaluations per step, one batched call) / `crdiff_sequential` / `dense`
-    (one evaluation: dense, bwp's pruned net alone, freeu, entropy): the method's own (Method.cost_class)."""
-    return methods.get(run, method).cost_class(resolution)
+    (one evaluation: dense, bwp's pruned net alone, freeu, entropy): the method's own (Method.cost_class).
+    A search scores at `amplify.k` (1: the pruned net alone), or at a searched k (two evaluations)."""
+    if method != SEARCH:
+        return methods.get(run, method).cost_class(resolution)
+    k = None if run.search.search_k else run.amplify.k
+    if k in (0.0, 1.0):
+        return "dense"
+    return "crdiff" if run.amplify.batched else "crdiff_sequential"
 
 
 def seconds_per_image(table: list[Measurement], model: str, resolution: Resolution, dtype: str, method: str,
@@ -159,8 +171,31 @@ def _done(folder: Path, n: int) -> tuple[int, float | None]:
     return len(sizes), (sum(sizes) / len(sizes) if sizes else None)
 
 
+def search_rows(run: RunConfig) -> tuple[list[Row], list[str]]:
+    """One row per (search, resolution): the images of every trial it may run and of its validation."""
+    from crdiff.experiment.ratio_search import search_dir, searches
+    from crdiff.experiment.run import plan_search
+    from crdiff.search import SearchState
+
+    p = plan_search(run)
+    cfg, n, validation = run.search.settings(), len(p.prompts), run.search.validation_seeds
+    trials = 1 + cfg.iterations + cfg.max_restarts
+    rows, notes = [], [f"a search: at most {trials} trials (start, {cfg.iterations} moves, {cfg.max_restarts} "
+                       f"restarts; cached points and an early stop cost nothing) x {n} prompts per resolution, "
+                       f"then best and start on {validation} held-out seeds ({2 * validation * n} images)"]
+    for search in searches(run):
+        folder = search_dir(run, p.prompts, search)
+        state = folder / "state.json"
+        done = len(SearchState.load(state).history) * n if state.exists() else 0
+        for res in search.resolutions:
+            rows.append(Row(run.model.name, SEARCH, res, trials * n + 2 * validation * n, done, str(folder)))
+    return rows, notes
+
+
 def rows_of(run: RunConfig) -> tuple[list[Row], list[str]]:
     """The jobs of one run, and why a job's count or folder is unknown (a missing prompt file)."""
+    if run.task == "search":
+        return search_rows(run)
     try:
         p = plan(run)
     except ValueError as err:
@@ -218,7 +253,7 @@ def report(runs: list[tuple[list[str], RunConfig]], overrides: list[str] = (), t
             if r.images is not None:
                 total, todo = total + r.images, todo + left
                 per_image = r.bytes_per_image or PNG_BYTES_PER_PIXEL * r.resolution.height * r.resolution.width
-                disk += per_image * left
+                disk += 0 if r.method == SEARCH else per_image * left  # a search keeps no images
             lines.append(f"{r.model:<10} {r.method:<12} {str(r.resolution):<10} "
                          f"{'?' if r.images is None else r.images:>7} {r.done:>7} {'?' if left is None else left:>7} "
                          f"{'?' if hours is None else f'{hours:.2f}':>7}  {r.folder}")

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from crdiff.experiment.config import RunConfig
-from crdiff.weights import LocalFiles, Requirement, offline
+from crdiff.weights import LocalFiles, Requirement, has_token, offline
 
 PREPARE_COCO = ("python scripts/prepare_coco5k.py --captions annotations/captions_val2014.json "
                 "--images val2014/ --out data/coco5k")
@@ -35,18 +35,18 @@ def model_requirements(run: RunConfig) -> list[Requirement]:
     if weights.source.startswith("tiny:"):
         return []
     if weights.source.startswith("bundled:"):
-        from crdiff.miniature import digits
+        from crdiff.miniature import bundled
 
-        return [LocalFiles(weights.what, (digits.PIPELINE_DIR / "model_index.json",), digits.TRAIN_COMMAND)]
+        folder, command = bundled(weights.source.removeprefix("bundled:"))
+        return [LocalFiles(weights.what, (folder / "model_index.json",), command)]
     return [weights]
 
 
 def metric_names(run: RunConfig) -> list[str]:
-    """The metrics this run builds: the configured ones, and the search's objective for task=search."""
-    names = list(run.metrics.names)
-    if run.task == "search" and run.search.metric not in names:
-        names.append(run.search.metric)
-    return names
+    """The metrics this run builds: a search builds its objective's scorer only (`search.metric`)."""
+    if run.task == "search":
+        return [run.search.metric]
+    return list(run.metrics.names)
 
 
 def requirements(run: RunConfig) -> list[Requirement]:
@@ -93,6 +93,11 @@ def missing_weights(run: RunConfig, overrides: list[str], reachable: bool | None
     for piece in requirements(run):
         local = isinstance(piece, LocalFiles) or getattr(piece, "is_folder", False)
         problem = piece.missing()
+        if problem is not None and reachable and not local and piece.gate \
+                and not has_token():  # it would download at first use, but not without a token
+            out.append(Missing(piece.what, problem, "accept the licence, then `hf auth login` (or set HF_TOKEN) and "
+                               f"`{prefetch_command(overrides)}`"))
+            continue
         if problem is None or (reachable and not local):
             continue
         if local:

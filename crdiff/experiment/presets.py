@@ -1,16 +1,23 @@
 """Searched ratios per (model, resolution): `pruning.searched=true` takes, at each resolution a job runs,
 the preset `searched_<model>_<HxW>.yaml` that `task=search` wrote for that pair (crdiff.experiment.ratio_search).
 
-Presets are found on `pruning.preset_path`, first hit wins; by default
-`<output_dir>/presets/pruning/` (where a search run with that output_dir leaves them) and then this
-repository's `conf/pruning/` (presets committed with the code). A resolution without a preset falls back
-to `pruning.ratios`; its rows say so (`ratios_source`).
+A preset records what produced it (`objective`: model source and revision, resolution, prompt set,
+scorer, the k images were scored with, steps, guidance, seed) and how its best point did against the
+start on held-out seeds (`validation`). `pruning.searched` accepts a preset only when its model,
+resolution, criterion and targets are the table's and its objective is `experiment=search`'s protocol;
+anything else (a refinement on a user's prompt, another scorer, other weights) is refused with the
+field that differs. Refinements are named `refined_<model>_<HxW>` and are never looked up here.
+
+Presets are found on `pruning.preset_path`, first hit wins; by default `<output_dir>/presets/pruning/`
+(where a search run with that output_dir leaves them) and then this repository's `conf/pruning/`. A
+resolution without a preset falls back to `pruning.ratios`; its rows and tables say so.
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 from crdiff.models import Resolution
 from crdiff.pruning import validate_ratios
@@ -18,11 +25,46 @@ from crdiff.pruning import validate_ratios
 log = logging.getLogger("crdiff")
 CONF = Path(__file__).resolve().parents[2] / "conf"
 SOURCES = ("searched preset", "fallback: pruning.ratios (no searched preset)", "pruning.ratios")
+# the objective fields that must equal experiment=search's protocol (they differ from a table's sampling
+# on purpose: REF searches on two prompts at seed 24432 and k = 1, tables sample COCO at seed 42 and k = 1.5)
+PROTOCOL = ("scorer", "prompts_digest", "k", "steps", "guidance", "seed")
 
 
-def name(model: str, resolution: Resolution | str) -> str:
-    """The preset a search of `model` at one `resolution` writes (ratio_search.write_preset's default)."""
-    return f"searched_{model.replace('/', '--')}_{resolution}"
+def name(model: str, resolution: Resolution | str, refined: bool = False) -> str:
+    """The preset a search of `model` at `resolution` writes; a refinement (k searched) is `refined_`."""
+    return f"{'refined' if refined else 'searched'}_{model.replace('/', '--')}_{resolution}"
+
+
+def scorer(run) -> str:
+    """The search's scorer as a preset records it: stand-ins are not the real weights."""
+    return run.search.metric + (" (stand-in)" if run.metrics.tiny else "")
+
+
+def objective(run, prompts, resolutions: list[Resolution]) -> dict[str, Any]:
+    """What a search of `run` at `resolutions` scores: the preset's `objective` block."""
+    weights = run.model.weights()
+    return {"model": run.model.name, "source": weights.source, "revision": weights.revision,
+            "resolution": "_".join(str(r) for r in resolutions), "prompts": prompts.name,
+            "prompts_digest": prompts.digest(), "n_prompts": len(prompts), "scorer": scorer(run),
+            "k": "searched" if run.search.search_k else run.amplify.k, "steps": run.sampler.steps,
+            "guidance": run.sampler.guidance, "seed": run.sampler.seed,
+            "negative_prompt": run.sampler.negative_prompt, "scheduler": run.sampler.scheduler}
+
+
+# experiment=search's objective (REF's, docs/method.md §2), written out so that this module needs no Hydra
+# composition; tests/test_presets.py checks that conf/experiment/search.yaml composes to the same
+SEARCH_PROTOCOL = {"scorer": "image_reward", "prompts": ("builtin", 2), "k": 1.0, "steps": 30, "guidance": 7.5,
+                   "seed": 24432}
+
+
+def protocol(run) -> dict[str, Any]:
+    """The objective fields of `experiment=search` (its scorer on `run`'s stand-ins or real weights)."""
+    from crdiff.experiment.prompts import load_prompts
+
+    kind, limit = SEARCH_PROTOCOL["prompts"]
+    return {"scorer": SEARCH_PROTOCOL["scorer"] + (" (stand-in)" if run.metrics.tiny else ""),
+            "prompts_digest": load_prompts(kind, None, limit, []).digest(),
+            **{f: SEARCH_PROTOCOL[f] for f in ("k", "steps", "guidance", "seed")}}
 
 
 def preset_path(run) -> list[Path]:
@@ -39,12 +81,15 @@ def find(run, resolution: Resolution) -> Path | None:
     return None
 
 
-def read(path: Path, pruning) -> dict[str, float]:
-    """The ratios of a pruning preset; one searched with another kind, criterion or targets than `pruning`
-    would be applied differently from how it was found, and is refused."""
+def load(path: Path) -> dict[str, Any]:
     from omegaconf import OmegaConf
 
-    preset = OmegaConf.to_container(OmegaConf.load(path))
+    return OmegaConf.to_container(OmegaConf.load(path))
+
+
+def read(path: Path, run, resolution: Resolution) -> dict[str, float]:
+    """The ratios of the preset at `path` for the table `run` at `resolution`, or one error naming what differs."""
+    preset, pruning = load(path), run.pruning
     found = (preset.get("kind", "blockwise"), preset.get("criterion", "magnitude"), preset.get("targets"))
     if found != ("blockwise", pruning.criterion, pruning.targets):
         raise ValueError(f"preset {path} has kind, criterion, targets = {found}; pruning.searched takes blockwise "
@@ -52,6 +97,18 @@ def read(path: Path, pruning) -> dict[str, float]:
     if pruning.criterion == "random" and preset.get("seed", 0) != pruning.seed:  # another seed, another mask
         raise ValueError(f"preset {path} was searched with random masks of seed {preset.get('seed', 0)}; "
                          f"pruning.seed is {pruning.seed}")
+    recorded = preset.get("objective")
+    if not recorded:
+        raise ValueError(f"preset {path} records no objective (written before presets did); search again: "
+                         f"python -m crdiff.run experiment=search model={run.model.name} 'search.resolutions=[{resolution}]'")
+    weights = run.model.weights()
+    table = {"source": weights.source, "revision": weights.revision, "resolution": str(resolution)}
+    expected = {**table, **protocol(run)}
+    for field, value in expected.items():
+        if recorded.get(field) != value:
+            whose = "this table's" if field in table else "experiment=search's protocol"
+            raise ValueError(f"preset {path}: objective.{field} is {recorded.get(field)!r}, {whose} is {value!r}; "
+                             "pruning.searched takes only presets of experiment=search for this model and resolution")
     return validate_ratios(preset["ratios"])
 
 
@@ -62,7 +119,16 @@ def ratios_at(run, resolution: Resolution | None) -> tuple[dict[str, float], str
     path = find(run, resolution)
     if path is None:
         return run.pruning.ratios, SOURCES[1], None
-    return read(path, run.pruning), SOURCES[0], str(path)
+    return read(path, run, resolution), SOURCES[0], str(path)
+
+
+def beats_start(path: str | None) -> bool | None:
+    """Whether the preset's best point beat its start on the held-out seeds (its paired interval lies
+    above 0); None without a preset or a validation."""
+    if path is None:
+        return None
+    validation = load(Path(path)).get("validation")
+    return None if not validation else bool(validation["beats_start"])
 
 
 def report(run, resolutions: list[Resolution]) -> None:
@@ -72,7 +138,8 @@ def report(run, resolutions: list[Resolution]) -> None:
     for res in resolutions:
         _, source, path = ratios_at(run, res)
         if path is None:
-            log.warning("no preset %s.yaml on %s: CR-Diff at %s uses pruning.ratios %s (marked in its rows)",
-                        name(run.model.name, res), [str(p) for p in preset_path(run)], res, run.pruning.ratios)
+            log.warning("no preset %s.yaml on %s: CR-Diff at %s uses pruning.ratios %s (marked in its rows and "
+                        "tables)", name(run.model.name, res), [str(p) for p in preset_path(run)], res,
+                        run.pruning.ratios)
         else:
             log.info("CR-Diff at %s: ratios of %s", res, path)

@@ -23,6 +23,7 @@ BUILTIN = [
     "A plate of pasta with tomatoes and basil",
 ]
 DIGIT_PROMPTS = 1000
+SCENE_PROMPTS = 2000  # the scenes miniature: 2,000 images for its Fréchet distance
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,9 @@ class PromptSet:
     prompts: tuple[str, ...]
     ids: tuple[str, ...]
     image_paths: tuple[str, ...] | None = None  # real images (FID reference), e.g. COCO-5K; any number
+    # content hash of the whole set before `prompts.limit` cut it: the images' key, so the first 500
+    # images of a 5,000-prompt run are the images of the 500-prompt run
+    source: str = ""
 
     def __post_init__(self) -> None:
         if not self.prompts:
@@ -47,12 +51,20 @@ class PromptSet:
             seen[pid] = i
         repeated = len(self.prompts) - len(set(self.prompts))
         # legitimate in COCO (identical captions of different images), so not an error; by design in digits
-        if repeated and self.name != "digits":
+        if repeated and self.name not in ("digits", "scenes"):
             log.warning("prompt set '%s' repeats %d prompt texts (ids differ, so do seeds)", self.name, repeated)
 
+    @staticmethod
+    def hash(ids, prompts) -> str:
+        return hashlib.sha256(json.dumps([list(ids), list(prompts)]).encode()).hexdigest()[:12]
+
     def digest(self) -> str:
-        """Content hash (ids and texts): a changed prompt set never reuses another's images."""
-        return hashlib.sha256(json.dumps([self.ids, self.prompts]).encode()).hexdigest()[:12]
+        """Content hash (ids and texts) of these prompts: a changed prompt set never reuses another's results."""
+        return self.hash(self.ids, self.prompts)
+
+    def source_digest(self) -> str:
+        """Content hash of the set these prompts were cut from (themselves when not cut)."""
+        return self.source or self.digest()
 
     def reference_digest(self) -> str:
         """Hash of the reference image list (paths and sizes): the key of cached real statistics."""
@@ -66,8 +78,9 @@ class PromptSet:
 def load_prompts(kind: str = "builtin", path: str | None = None, limit: int | None = None,
                  texts: list[str] | None = None) -> PromptSet:
     """Load a prompt set: `builtin`, `csv` (columns `prompt` and optional `id`, e.g. coco5k.csv), `list`
-    (`texts`, a user's own prompts) or `digits` (the miniature: "a handwritten digit <d>", d = i mod 10,
-    1,000 prompts; its FID reference is all 1,797 real digits whatever the limit)."""
+    (`texts`, a user's own prompts), `digits` (the miniature: "a handwritten digit <d>", d = i mod 10,
+    1,000 prompts; its FID reference is all 1,797 real digits whatever the limit) or `scenes` (the second
+    miniature: the captions of 2,000 evaluation scenes; reference image i is scene i drawn at 64x64)."""
     paired = True  # image_paths[i] belongs to prompt i (COCO), so `limit` cuts both
     if kind == "digits":
         from crdiff.miniature import digits
@@ -76,6 +89,15 @@ def load_prompts(kind: str = "builtin", path: str | None = None, limit: int | No
         prompts = [digits.prompt(i % 10) for i in range(DIGIT_PROMPTS)]
         ids = [f"digits_{i}" for i in range(len(prompts))]
         images, name, paired = digits.reference_files(cache_dir() / "reference" / "digits"), "digits", False
+    elif kind == "scenes":
+        from crdiff.miniature import scenes
+        from crdiff.models import cache_dir
+
+        prompts = scenes.prompts(SCENE_PROMPTS)
+        ids = [f"scenes_{i}" for i in range(SCENE_PROMPTS)]
+        # reference images are drawn only for the prompts kept (`limit` cuts both, they pair one to one)
+        count = SCENE_PROMPTS if limit is None else max(0, min(limit, SCENE_PROMPTS))  # a bad limit: error below
+        images, name = scenes.reference_files(cache_dir() / "reference" / "scenes", count), "scenes"
     elif kind == "list":
         prompts, ids, images, name = list(texts or []), [f"user_{i}" for i in range(len(texts or []))], None, "user"
     elif kind == "builtin":
@@ -99,12 +121,13 @@ def load_prompts(kind: str = "builtin", path: str | None = None, limit: int | No
         images = [r["image_path"] for r in rows] if "image_path" in (reader.fieldnames or []) else None
         name = file.stem if file.stem != "prompts" else file.parent.name
     else:
-        raise ValueError(f"unknown prompt kind {kind!r}; valid choices: ['builtin', 'csv', 'list', 'digits']")
+        raise ValueError(f"unknown prompt kind {kind!r}; valid choices: ['builtin', 'csv', 'list', 'digits', 'scenes']")
+    source = PromptSet.hash(ids, prompts)
     if limit is not None:
         if limit < 1:
             raise ValueError(f"prompts.limit is {limit}; it must be a positive integer or null")
         prompts, ids, images = prompts[:limit], ids[:limit], images[:limit] if images and paired else images
-    return PromptSet(name, tuple(prompts), tuple(ids), tuple(images) if images else None)
+    return PromptSet(name, tuple(prompts), tuple(ids), tuple(images) if images else None, source)
 
 
 def write_prompt_csv(path: str | Path, ids: list[str], prompts: list[str], extra: dict[str, list] | None = None) -> None:

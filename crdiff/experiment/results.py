@@ -29,6 +29,7 @@ def provenance(device: str = "cpu", machine=None) -> dict[str, Any]:
     import torch
     import transformers
 
+    from crdiff.experiment import slurm
     from crdiff.experiment.hardware import probe
 
     machine = probe() if machine is None else machine
@@ -45,6 +46,7 @@ def provenance(device: str = "cpu", machine=None) -> dict[str, Any]:
         "torch_cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version() if torch.cuda.is_available() else None,
         "driver": machine.driver, "driver_cuda": machine.driver_cuda, "gpus": list(machine.names),
         "host": socket.gethostname(), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "slurm": slurm.job(),  # job id and restart count (requeues at a time limit, preemption), None outside SLURM
     }
 
 
@@ -56,14 +58,20 @@ def write_row(results_dir: Path, key: str, row: dict[str, Any]) -> Path:
 
 
 def load_table(output_dir: str | Path):
-    """All result rows under `output_dir/results` as one pandas DataFrame (one row per key)."""
+    """All result rows under `output_dir/results` as one pandas DataFrame (one row per key): each metric
+    a column, its 95% interval `<metric>_lo` / `<metric>_hi`, `output_dir` beside (for the per-image
+    files the rows name, relative to it), `experiments` a tuple (rows older than it: their `experiment`)."""
     import pandas as pd
 
     rows = []
     for file in sorted(Path(output_dir, "results").glob("*.json")):
         row = json.loads(file.read_text())
         flat = {k: v for k, v in row.items() if not isinstance(v, dict)}
-        for section in ("metrics",):
-            flat.update(row.get(section, {}))
+        flat.update(row.get("metrics", {}))
+        for name, bounds in (row.get("ci95") or {}).items():
+            flat[f"{name}_lo"], flat[f"{name}_hi"] = bounds if bounds else (None, None)
+        flat["experiments"] = tuple(row.get("experiments") or ([row["experiment"]] if "experiment" in row else []))
+        flat["scores"], flat["intervals"], flat["output_dir"] = (row.get("scores") or {}, row.get("intervals") or {},
+                                                                 str(output_dir))
         rows.append(flat)
     return pd.DataFrame(rows)

@@ -18,7 +18,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from crdiff.experiment import checks, distributed, hardware, presets
+from crdiff.experiment import checks, distributed, hardware, presets, slurm
 from crdiff.experiment.claims import Claims
 from crdiff.experiment.config import RunConfig
 from crdiff.models import MODELS, Resolution
@@ -27,6 +27,7 @@ from crdiff.pruning import GROUPS
 from crdiff.experiment import methods
 from crdiff.experiment.keys import METRICS_VERSION, run_key
 from crdiff.experiment.results import load_table, provenance, write_row
+from crdiff.metrics.fid import KID_SUBSETS
 
 log = logging.getLogger("crdiff")
 POLL_S = 2.0  # how often a job re-checks images other processes hold
@@ -56,7 +57,10 @@ def plan(run: RunConfig) -> Plan:
     """Validate everything that can be checked without a model, and lay out the jobs."""
     out = run.check_output_dir()
     prompts = load_prompts(run.prompts.kind, run.prompts.path, run.prompts.limit, run.prompts.texts)
-    prompt_key = {"name": prompts.name, "digest": prompts.digest(), "n": len(prompts)}
+    # images are keyed by the prompt set before prompts.limit cut it (image i is prompt i, seed + i whatever
+    # the limit), result rows by the prompts they score
+    source_key = {"name": prompts.name, "source": prompts.source_digest()}
+    prompt_key = {"digest": prompts.digest(), "n": len(prompts)}
     if run.metrics.needs_reference:
         if prompts.image_paths is None:
             raise ValueError(f"metrics {run.metrics.names} include fid/kid, which need reference images: a prompt "
@@ -74,12 +78,26 @@ def plan(run: RunConfig) -> Plan:
         m.check()
         for setting, res in run.resolutions.selected():
             # per resolution: under pruning.searched each resolution has its own ratios
-            images_key = run_key(model=run.model, sampler=m.sampler(), prompts=prompt_key, method=method,
+            images_key = run_key(model=run.model, sampler=m.sampler(), prompts=source_key, method=method,
                                  settings=m.settings(res))
             images = out / "images" / run.model.name.replace("/", "--") / f"{method}-{images_key}"
-            key = run_key(images=images_key, resolution=str(res), metrics=run.metrics, metrics_version=METRICS_VERSION)
+            key = run_key(images=images_key, prompts=prompt_key, resolution=str(res), metrics=run.metrics,
+                          metrics_version=METRICS_VERSION)
             jobs.append(Job(method, setting, res, key, images / str(res)))
     return Plan(run, prompts, jobs, out)
+
+
+def plan_search(run: RunConfig) -> Plan:
+    """A search's checks before any model loads: its prompts, its searches and their resolutions."""
+    from crdiff.experiment.ratio_search import searches
+
+    out = run.check_output_dir()
+    prompts = load_prompts(run.prompts.kind, run.prompts.path, run.prompts.limit, run.prompts.texts)
+    for search in searches(run):
+        for res in search.resolutions:
+            if run.model.name in MODELS:
+                MODELS[run.model.name].check(res)
+    return Plan(run, prompts, [], out)
 
 
 def check_device(p: Plan) -> str:
@@ -111,9 +129,17 @@ def generate_all(p: Plan, ranks: distributed.Ranks, device: str) -> int:
     shared dense images, the same command twice) split the work and a dead job's claims are taken
     over. It returns once every image exists; the model loads only if something is left to make.
     """
-    from crdiff.experiment.sampling import is_done
+    from crdiff.experiment.sampling import identity, image_path, is_done, mark_done, verified
 
     n, size, seed = len(p.prompts), p.run.sampler.batch_size, p.run.sampler.seed
+    ids = [identity(p.prompts, i, seed) for i in range(n)]
+    known = {job.folder: verified(job.folder) for job in p.jobs}
+
+    def done(job: Job, i: int) -> bool:  # recorded complete and still there, else checked (and decoded)
+        mark = known[job.folder]
+        return (i < len(mark) and mark[i] == ids[i] and image_path(job.folder, i).exists()) or \
+            is_done(job.folder, p.prompts, i, seed)
+
     order = []
     for job in p.jobs:
         batches = [(job, list(range(s, min(s + size, n)))) for s in range(0, n, size)]
@@ -124,10 +150,15 @@ def generate_all(p: Plan, ranks: distributed.Ranks, device: str) -> int:
     while True:
         held_elsewhere = []
         for job, batch in order:
-            todo = [i for i in batch if not is_done(job.folder, p.prompts, i, seed)]
-            if todo and not maker.make(job, todo):
+            todo = [i for i in batch if not done(job, i)]
+            # images of this batch another process holds (all, or the rest of a batch it shares with a job
+            # of another sampler.batch_size): come back until they exist, or take them over when their lease ends
+            if todo and maker.make(job, todo) < len(todo):
                 held_elsewhere.append((job, batch))
         if not held_elsewhere:
+            for job in p.jobs:
+                if known[job.folder][:n] != ids:
+                    mark_done(job.folder, p.prompts, seed)
             return maker.close()
         if not waited:
             log.info("waiting for %d batches claimed by other processes", len(held_elsewhere))
@@ -144,14 +175,14 @@ class _Maker:
         self.claims = {job.folder: Claims(job.folder, p.run.lease_min * 60) for job in p.jobs}
         self.bar = tqdm(desc="images", unit="img", disable=not show)
 
-    def make(self, job: Job, todo: list[int]) -> bool:
-        """Claim `todo` in order up to the first image held elsewhere, make those; False if none."""
+    def make(self, job: Job, todo: list[int]) -> int:
+        """Claim `todo` in order up to the first image held elsewhere, make those; returns how many it claimed."""
         from crdiff.experiment.sampling import generate, is_done
 
         claims, seed = self.claims[job.folder], self.p.run.sampler.seed
         got = list(itertools.takewhile(claims.claim, todo))
         if not got:
-            return False
+            return 0
         try:
             mine = [i for i in got if not is_done(job.folder, self.p.prompts, i, seed)]  # finished meanwhile
             if mine:
@@ -163,7 +194,7 @@ class _Maker:
         finally:
             for i in got:
                 claims.release(i)
-        return True
+        return len(got)
 
     def pipeline(self, job: Job):
         from crdiff.amplify import weights_used
@@ -192,38 +223,62 @@ def existing_row(p: Plan, job: Job) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def existing_metrics(p: Plan, job: Job) -> dict[str, float]:
-    return existing_row(p, job).get("metrics", {})
+def scored(p: Plan, job: Job) -> dict[str, Any] | None:
+    """The stored scores of `job` (metrics, ci95, score files) if complete: every configured metric with
+    its interval and its per-image file on disk; else None (rows scored before per-image scores existed
+    are rescored from their kept images by rerunning the command that made them)."""
+    old = existing_row(p, job)
+    if not old:
+        return None
+    files = old.get("scores") or {}
+    names = set(p.run.metrics.names)
+    if not (names <= set(old.get("metrics", {})) and names <= set(old.get("ci95", {}))):
+        return None
+    paths = [files.get("per_image"), *files.get("features", {}).values(), *files.get("reference", {}).values()]
+    if names and not all(path and (p.output_dir / path).is_file() for path in paths):
+        return None
+    return {"metrics": old["metrics"], "ci95": old["ci95"], "scores": files}
 
 
-def score_all(p: Plan, ranks: distributed.Ranks, device: str) -> dict[str, dict[str, float]]:
-    """Metrics of every job still missing them; all ranks take part, each on its share of images."""
-    from crdiff.experiment.scoring import build_all, score_job
+def score_all(p: Plan, ranks: distributed.Ranks, device: str) -> dict[str, dict[str, Any]]:
+    """Metrics of every job still missing them; all ranks take part, each on its share of images; rank 0
+    writes each job's per-image scores and returns, per job key, {metrics, ci95, scores (files)}."""
+    from crdiff.experiment.scoring import build_all, score_job, write_scores
 
-    scores = {job.key: existing_metrics(p, job) for job in p.jobs}
+    scores = {job.key: scored(p, job) for job in p.jobs}
     # every rank must score the same jobs (each score is a collective): a job is to do if any rank found
     # its row incomplete (another job on this output_dir may write a shared row between two ranks' reads)
-    missing = ranks.all_sum([int(bool(set(p.run.metrics.names) - set(scores[job.key]))) for job in p.jobs])
+    missing = ranks.all_sum([int(scores[job.key] is None) for job in p.jobs])
     todo = [job for job, n in zip(p.jobs, missing) if n]
     if not todo:
         return scores
     metrics = build_all(p.run.metrics, device)
+    features = {name: metric.feature_name for name, metric in metrics.items() if metric.needs_reference}
     mine = ranks.shard(list(range(len(p.prompts))))
     reference = ranks.shard(list(range(len(p.prompts.image_paths or ()))))
     for job in tqdm(todo, desc="metrics", disable=not ranks.is_main):
-        scores[job.key] = score_job(metrics, p.run.metrics, p.prompts, job.folder, mine, ranks.is_main, ranks.world,
-                                    reference, everywhere=lambda found: ranks.all_sum([int(found)])[0] == ranks.world)
+        result = score_job(metrics, p.run.metrics, p.prompts, job.folder, mine, ranks.is_main, ranks.world,
+                           reference, everywhere=lambda found: ranks.all_sum([int(found)])[0] == ranks.world,
+                           device=device)
+        files = (write_scores(p.output_dir, job.key, p.prompts, p.run.sampler.seed, result, features)
+                 if ranks.is_main and p.run.metrics.names else {})
+        scores[job.key] = {"metrics": result.values, "ci95": result.ci95, "scores": files}
     return scores
 
 
-def row(p: Plan, job: Job, prov: dict[str, Any], scores: dict[str, float]) -> dict[str, Any]:
+def row(p: Plan, job: Job, prov: dict[str, Any], scores: dict[str, Any]) -> dict[str, Any]:
     from crdiff.experiment.sampling import cost
 
     method = methods.get(p.run, job.method)
     crd, rule, sampler = method.pruning(job.resolution), method.drawing_rule(), method.sampler()
     _, ratios_source, preset = presets.ratios_at(p.run, job.resolution)
+    old = existing_row(p, job)
     return {
-        "experiment": p.run.experiment, "model": p.run.model.name, "dtype": p.run.model.dtype,
+        # every experiment that produced or reused this row (one key, several experiments: a sweep_k job at
+        # table_a's k makes table_a's row); the tables select rows by these names (crdiff.report.select)
+        "experiments": sorted({*old.get("experiments", []), p.run.experiment}),
+        "model": p.run.model.name, "dtype": p.run.model.dtype,
+        "safety_checker": p.run.model.safety_checker,
         "source": p.run.model.weights().where,  # the weights behind the label: hub id[@revision] (variant) or folder
         "method": job.method, "setting": job.setting, "resolution": str(job.resolution),
         "height": job.resolution.height, "width": job.resolution.width,
@@ -231,15 +286,21 @@ def row(p: Plan, job: Job, prov: dict[str, Any], scores: dict[str, float]) -> di
         "k": None if crd is None else crd.k, "criterion": None if crd is None else crd.criterion,
         **{f"ratio_{g}": None if crd is None else crd.ratios[g] for g in GROUPS},
         "ratios_source": None if crd is None else ratios_source, "preset": None if crd is None else preset,
+        # False: on held-out seeds the preset's ratios did not beat the search's start (its paired interval)
+        "preset_beats_start": None if crd is None else presets.beats_start(preset),
         "steps": sampler.steps, "guidance": sampler.guidance, "seed": sampler.seed,
+        "negative_prompt": sampler.negative_prompt, "metrics_version": METRICS_VERSION,
         "scheduler": sampler.scheduler, "image_dir": str(job.folder),
         # cost: denoiser passes and wall seconds per image as measured when the images were made
         "drawn_at": str(rule.size(job.resolution) if rule else job.resolution),
         **cost(job.folder, list(range(len(p.prompts)))),
         "preprocessing": p.run.metrics.preprocessing, **checks.count(job.folder, len(p.prompts)),
-        "provenance": prov, "metrics": scores,
+        "provenance": prov, **(scores or {"metrics": {}, "ci95": {}, "scores": {}}),
+        "intervals": {"resamples": p.run.metrics.resamples, "feature_resamples": p.run.metrics.feature_resamples,
+                      "seed": p.run.metrics.interval_seed, "level": 0.95, "method": "percentile bootstrap over prompts",
+                      "kid_subsets": KID_SUBSETS, "kid_subset_size": min(p.run.metrics.kid_subset_size, len(p.prompts))},
         # how rank 0 held the pruned weights (amplify.weights resolved); kept from the last run that generated
-        "weights": p.weights[job.key] if job.key in p.weights else existing_row(p, job).get("weights"),
+        "weights": p.weights[job.key] if job.key in p.weights else old.get("weights"),
     }
 
 
@@ -287,8 +348,10 @@ def execute(run: RunConfig, p: Plan | None = None) -> dict[str, Any]:
     """Plan, generate this rank's share, gather once; returns counts (summed over ranks) and the table."""
     p = p or plan(run)
     check_device(p)
+    slurm.log_restarts()
     ranks, device = distributed.init(run.device)
     try:
+        distributed.check_shared(p.output_dir, ranks)
         here = generate_all(p, ranks, device)
         log.info("rank %d of %d made %d images", ranks.rank, ranks.world, here)
         made = ranks.all_sum([here])[0]

@@ -12,6 +12,7 @@ keyed: an image skipped on a rerun keeps the cost measured when it was made.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
@@ -76,6 +77,31 @@ def is_done(folder: Path, prompts: PromptSet, index: int, seed: int) -> bool:
     except (OSError, ValueError, SyntaxError) as err:
         log.warning("%s is corrupt (%s); regenerating it", image, err)
         return False
+
+
+# A job's folder records the images it found complete once all of them existed, so a later launch (and
+# each of its ranks) recognises a finished job without decoding every PNG again (over NFS: W x the output).
+DONE = ".done.json"
+
+
+def identity(prompts: PromptSet, index: int, seed: int) -> str:
+    """Short hash of what image `index` is (id, prompt, seed), as its metadata records it."""
+    return hashlib.sha256(json.dumps(image_meta(prompts, index, seed), sort_keys=True).encode()).hexdigest()[:12]
+
+
+def verified(folder: Path) -> list[str]:
+    """Identities of the images found complete when the job last finished (empty if never)."""
+    try:
+        return list(json.loads((folder / DONE).read_text())["images"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+
+
+def mark_done(folder: Path, prompts: PromptSet, seed: int) -> None:
+    """Record that images 0..n-1 are complete (kept when a longer run of the same prompts recorded more)."""
+    have, mine = verified(folder), [identity(prompts, i, seed) for i in range(len(prompts))]
+    if have[: len(mine)] != mine:
+        atomic.write_json(folder / DONE, {"images": mine})
 
 
 # The denoiser's input layer: every pass goes through it exactly once, with one row per sample, also

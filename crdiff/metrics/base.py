@@ -1,13 +1,11 @@
-"""The metric interface and the mean-of-per-image-scores reduction."""
+"""The metric interface; every score is kept per image (index-sorted, the same for any rank count)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 import torch
 from PIL import Image
-from torchmetrics import MeanMetric
+from torchmetrics import Metric
+from torchmetrics.utilities import dim_zero_cat
 
 
 class MetricUnavailableError(RuntimeError):
@@ -22,30 +20,32 @@ def unavailable(what: str, err: Exception) -> MetricUnavailableError:
     )
 
 
-@contextmanager
-def states_on_cpu(metric) -> Iterator[None]:
-    """Hold a torchmetrics metric's states on the CPU while it syncs (compute, sync_context).
+class PerImage(Metric):
+    """Per-image values keyed by image index, gathered over ranks (torchmetrics' cat reduction through
+    the gloo group) and returned sorted by index, so neither rank count nor batch order shows."""
 
-    torchmetrics syncs states on the device they live on, and crdiff's one process group is gloo
-    (CPU tensors, see crdiff.experiment.distributed): states on a GPU move to the CPU for the sync
-    and back after it, so `update` keeps running on the GPU.
-    """
-    device = metric.device
-    _move_states(metric, torch.device("cpu"))
-    try:
-        yield
-    finally:
-        _move_states(metric, device)
+    full_state_update = False
 
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("index", default=[], dist_reduce_fx="cat")
+        self.add_state("value", default=[], dist_reduce_fx="cat")
 
-def _move_states(metric, device: torch.device) -> None:
-    for name in metric._defaults:
-        value = getattr(metric, name)
-        setattr(metric, name, [v.to(device) for v in value] if isinstance(value, list) else value.to(device))
+    def update(self, index: torch.Tensor, value: torch.Tensor) -> None:
+        self.index.append(index.long().cpu())
+        self.value.append(value.detach().double().cpu())
+
+    def compute(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if isinstance(self.index, list) and not self.index:  # after a sync the states are tensors
+            return torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.float64)
+        index, value = dim_zero_cat(self.index), dim_zero_cat(self.value)
+        order = torch.argsort(index)
+        return index[order], value[order]
 
 
 class ImageMetric:
-    """update() with preprocessed PIL images and their prompts; compute() -> float over all ranks."""
+    """update() with preprocessed PIL images, their prompts and image indices; compute() -> float over
+    all ranks; per_image() -> what each image contributed (scores, or features for FID / KID)."""
 
     name: str = ""
     higher_is_better: bool = True
@@ -57,7 +57,7 @@ class ImageMetric:
         before a run, fetched by scripts/prefetch_weights.py)."""
         raise NotImplementedError
 
-    def update(self, images: list[Image.Image], prompts: list[str]) -> None:
+    def update(self, images: list[Image.Image], prompts: list[str], indices: list[int] | None = None) -> None:
         raise NotImplementedError
 
     def update_reference(self, images: list[Image.Image]) -> None:
@@ -66,28 +66,47 @@ class ImageMetric:
     def compute(self) -> float:
         raise NotImplementedError
 
+    def per_image(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(image indices, values) over all ranks, sorted by index."""
+        raise NotImplementedError
+
     def reset(self) -> None:
         raise NotImplementedError
+
+
+def _indices(metric, n: int, indices: list[int] | None) -> torch.Tensor:
+    """The images' indices; without them, numbered on from the last update (one process)."""
+    if indices is None:
+        start = getattr(metric, "_next", 0)
+        indices = list(range(start, start + n))
+    if len(indices) != n:
+        raise ValueError(f"{n} images but {len(indices)} indices")
+    metric._next = max(indices, default=-1) + 1
+    return torch.tensor(indices, dtype=torch.long)
 
 
 class MeanScore(ImageMetric):
     """Mean of a per-image score; subclasses implement `score(images, prompts) -> Tensor[B]`."""
 
     def __init__(self) -> None:
-        self.mean = MeanMetric().set_dtype(torch.float64)  # stays on the CPU: synced through gloo
+        self.scores = PerImage()  # stays on the CPU: synced through gloo
 
     @torch.no_grad()
-    def update(self, images: list[Image.Image], prompts: list[str]) -> None:
+    def update(self, images: list[Image.Image], prompts: list[str], indices: list[int] | None = None) -> None:
         if len(images) != len(prompts):
             raise ValueError(f"{len(images)} images but {len(prompts)} prompts")
         if images:
-            self.mean.update(self.score(images, prompts).double().cpu())
+            self.scores.update(_indices(self, len(images), indices), self.score(images, prompts))
 
     def score(self, images: list[Image.Image], prompts: list[str]) -> torch.Tensor:
         raise NotImplementedError
 
+    def per_image(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.scores.compute()
+
     def compute(self) -> float:
-        return float(self.mean.compute())
+        return float(self.per_image()[1].mean())
 
     def reset(self) -> None:
-        self.mean.reset()
+        self.scores.reset()
+        self._next = 0

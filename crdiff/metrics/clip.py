@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from crdiff.metrics.base import MeanScore, unavailable
-from crdiff.weights import HubFiles, LocalFiles, UrlFile
+from crdiff.weights import HubFiles, LocalFiles, UrlFile, torch_hub
 
 SIGLIP = "google/siglip-so400m-patch14-384"  # aesthetic_predictor_v2_5's default encoder
 
@@ -129,13 +129,12 @@ class Aesthetic(MeanScore):
     @classmethod
     def needs(cls, **_) -> list:
         """SigLIP so400m from the hub and the v2.5 head, which the package fetches through torch.hub."""
-        import torch
         from aesthetic_predictor_v2_5.siglip_v2_5 import URL
 
         return [HubFiles("metric aesthetic: SigLIP so400m", SIGLIP,
                          (("config.json",), ("model.safetensors",), ("preprocessor_config.json",))),
                 UrlFile("metric aesthetic: v2.5 head", URL,
-                        Path(torch.hub.get_dir()) / "checkpoints" / URL.rsplit("/", 1)[-1])]
+                        torch_hub() / "checkpoints" / URL.rsplit("/", 1)[-1])]
 
     def score(self, images: list[Image.Image], prompts: list[str]) -> torch.Tensor:
         pixels = self.processor(images=images, return_tensors="pt")["pixel_values"].to(self.device)

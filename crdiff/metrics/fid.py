@@ -1,11 +1,10 @@
-"""FID and KID through torchmetrics, with the real images' features cached per (reference, preprocessing)."""
+"""FID and KID on torchmetrics' feature extractors, from per-image features (kept for resampling);
+the real images' features are cached per (reference, preprocessing)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -14,81 +13,119 @@ from PIL import Image
 from torch import nn
 
 from crdiff import atomic
-from crdiff.metrics.base import ImageMetric, states_on_cpu, unavailable
-from crdiff.weights import UrlFile
+from crdiff.metrics.base import ImageMetric, PerImage, _indices, unavailable
+from crdiff.weights import UrlFile, torch_hub
 
 
 def to_uint8(images: list[Image.Image]) -> torch.Tensor:
     return torch.from_numpy(np.stack([np.asarray(im.convert("RGB")) for im in images])).permute(0, 3, 1, 2)
 
 
+KID_SUBSETS = 100  # torchmetrics' default number of random subsets
+
+
+def frechet(real: torch.Tensor, fake: torch.Tensor) -> float:
+    """FID of two feature sets (rows = images), in float64 as torchmetrics computes it."""
+    from torchmetrics.image.fid import _compute_fid
+
+    real, fake = real.double(), fake.double()
+    return float(_compute_fid(real.mean(0), torch.cov(real.T), fake.mean(0), torch.cov(fake.T)))
+
+
+def kernel_distance(real: torch.Tensor, fake: torch.Tensor, subsets: int, subset_size: int, seed: int = 0) -> float:
+    """KID: the mean polynomial-kernel MMD over `subsets` random subsets of `subset_size` images each,
+    drawn by a generator seeded `seed` from features in image-index order (so the subsets, and KID, do
+    not depend on which rank scored which image)."""
+    from torchmetrics.image.kid import poly_mmd
+
+    size = min(subset_size, len(real), len(fake))
+    generator = torch.Generator().manual_seed(seed)
+    draws = [poly_mmd(real[torch.randperm(len(real), generator=generator)[:size]].double(),
+                      fake[torch.randperm(len(fake), generator=generator)[:size]].double()) for _ in range(subsets)]
+    return float(torch.stack(draws).mean())
+
+
 class _FeatureMetric(ImageMetric):
-    """Shared by FID and KID: a torchmetrics metric on uint8 images, reference cached on disk."""
+    """Shared by FID and KID: torchmetrics' feature extractor on uint8 images; the features of every
+    generated image (and of the reference) are kept per image, so the value can be recomputed on any
+    resample of the images; the reference's features are cached on disk."""
 
     higher_is_better = False
     needs_reference = True
-    real_states: tuple[str, ...] = ()
 
     def __init__(self, metric, feature_name: str, device: str = "cpu") -> None:
-        self.metric, self.feature_name, self.device = metric.to(device), feature_name, device
+        self.extractor, self.feature_name, self.device = metric.inception.to(device), feature_name, device
+        self.real, self.fake = PerImage(), PerImage()
 
     @classmethod
     def needs(cls, **options) -> list:
         """torchmetrics builds torch-fidelity's Inception-v3, whose weights torch.hub keeps by file name."""
-        import torch
         from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
 
-        path = Path(torch.hub.get_dir()) / "checkpoints" / URL_INCEPTION_V3.rsplit("/", 1)[-1]
+        path = torch_hub() / "checkpoints" / URL_INCEPTION_V3.rsplit("/", 1)[-1]
         return [UrlFile(f"metric {cls.name}: Inception-v3 (torch-fidelity)", URL_INCEPTION_V3, path)]
 
-    def update(self, images: list[Image.Image], prompts: list[str]) -> None:
-        if images:
-            self.metric.update(to_uint8(images).to(self.device), real=False)
+    @torch.no_grad()
+    def features(self, images: list[Image.Image]) -> torch.Tensor:
+        return self.extractor(to_uint8(images).to(self.device)).reshape(len(images), -1)
 
-    def update_reference(self, images: list[Image.Image]) -> None:
+    def update(self, images: list[Image.Image], prompts: list[str], indices: list[int] | None = None) -> None:
         if images:
-            self.metric.update(to_uint8(images).to(self.device), real=True)
+            self.fake.update(_indices(self, len(images), indices), self.features(images))
+
+    def update_reference(self, images: list[Image.Image], indices: list[int] | None = None) -> None:
+        if images:
+            start = getattr(self, "_next_real", 0)
+            indices = list(range(start, start + len(images))) if indices is None else indices
+            self._next_real = max(indices) + 1
+            self.real.update(torch.tensor(indices), self.features(images))
+
+    def per_image(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(image indices, features) of the generated images over all ranks, sorted by index."""
+        return self.fake.compute()
+
+    def reference(self) -> torch.Tensor:
+        return self.real.compute()[1]
+
+    def value(self, real: torch.Tensor, fake: torch.Tensor) -> float:
+        raise NotImplementedError
 
     def compute(self) -> float:
-        with torch.random.fork_rng(devices=[]), states_on_cpu(self.metric):  # KID's random subsets: the same
-            torch.manual_seed(0)  # on every run and rank
-            value = self.metric.compute()
-        return float(value[0] if isinstance(value, tuple) else value)
+        return self.value(self.reference(), self.per_image()[1])
 
     def reset(self) -> None:
-        self.metric.reset()
+        self.real.reset()
+        self.fake.reset()
+        self._next = self._next_real = 0
 
     def synced(self, sync: bool):
-        """All ranks' states gathered (on the CPU) inside the `with`; this rank's own after it."""
-        return _synced(self.metric, sync)
+        """All ranks' reference features gathered inside the `with`; this rank's own after it."""
+        return self.real.sync_context(should_sync=sync)
 
     def cache_file(self, cache_dir: Path, reference_key: str) -> Path:
-        key = hashlib.sha256(json.dumps([self.name, self.feature_name, reference_key]).encode()).hexdigest()[:16]
+        # "features": the cache holds the reference's per-image features (sums before metrics version 3)
+        key = hashlib.sha256(json.dumps([self.name, self.feature_name, reference_key, "features"]).encode()
+                             ).hexdigest()[:16]
         return Path(cache_dir) / f"{self.name}-real-{key}.pt"
 
     def save_reference(self, path: Path) -> None:
-        states = {s: getattr(self.metric, s) for s in self.real_states}
-        states = {s: (torch.cat(v) if isinstance(v, list) else v).cpu() for s, v in states.items()}
-        atomic.write_with(path, lambda tmp: torch.save(states, tmp))  # another rank or job may be reading it
+        index, features = self.real.compute()
+        atomic.write_with(path, lambda tmp: torch.save({"index": index, "features": features}, tmp))  # another
+        # rank or job may be reading it
 
     def load_reference(self, path: Path, share: bool = True) -> None:
-        """Load cached real states; `share=False` (ranks other than 0) loads empty ones of the same
-        shape, so the cross-rank sum / concatenation counts the reference exactly once."""
-        for s, value in torch.load(path, weights_only=True).items():
-            value = value.to(self.device) if share else (value[:0] if isinstance(getattr(self.metric, s), list)
-                                                         else torch.zeros_like(value)).to(self.device)
-            setattr(self.metric, s, [value] if isinstance(getattr(self.metric, s), list) else value)
-
-
-@contextmanager
-def _synced(metric, sync: bool) -> Iterator[None]:
-    with states_on_cpu(metric), metric.sync_context(should_sync=sync):
-        yield
+        """Load cached reference features; `share=False` (ranks other than 0) loads none, so the
+        cross-rank concatenation counts the reference exactly once."""
+        self.real.reset()
+        cached = torch.load(path, weights_only=True)
+        if share:
+            self.real.update(cached["index"], cached["features"])
+        else:
+            self.real.update(cached["index"][:0], cached["features"][:0])
 
 
 class FID(_FeatureMetric):
     name = "fid"
-    real_states = ("real_features_sum", "real_features_cov_sum", "real_features_num_samples")
 
     def __init__(self, feature: nn.Module | int = 2048, feature_name: str = "inception2048", device: str = "cpu"):
         from torchmetrics.image.fid import FrechetInceptionDistance
@@ -99,13 +136,15 @@ class FID(_FeatureMetric):
             raise unavailable("FID's Inception-v3 weights (torch-fidelity)", err) from None
         super().__init__(metric, feature_name, device)
 
+    def value(self, real: torch.Tensor, fake: torch.Tensor) -> float:
+        return frechet(real, fake)
+
 
 class KID(_FeatureMetric):
     name = "kid"
-    real_states = ("real_features",)
 
     def __init__(self, feature: nn.Module | int = 2048, feature_name: str = "inception2048", device: str = "cpu",
-                 subsets: int = 100, subset_size: int = 1000):
+                 subsets: int = KID_SUBSETS, subset_size: int = 1000):
         from torchmetrics.image.kid import KernelInceptionDistance
 
         try:
@@ -113,3 +152,7 @@ class KID(_FeatureMetric):
         except Exception as err:  # noqa: BLE001
             raise unavailable("KID's Inception-v3 weights (torch-fidelity)", err) from None
         super().__init__(metric, feature_name, device)
+        self.subsets, self.subset_size = subsets, subset_size
+
+    def value(self, real: torch.Tensor, fake: torch.Tensor) -> float:
+        return kernel_distance(real, fake, self.subsets, self.subset_size)

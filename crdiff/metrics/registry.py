@@ -4,17 +4,20 @@ from __future__ import annotations
 
 from crdiff.metrics.base import ImageMetric
 
-METRICS = ("fid", "kid", "clip", "image_reward", "pickscore", "aesthetic", "digit_fid", "digit_accuracy")
-REFERENCE_METRICS = ("fid", "kid", "digit_fid")  # distribution metrics: they need real reference images
+METRICS = ("fid", "kid", "clip", "image_reward", "pickscore", "aesthetic", "digit_fid", "digit_accuracy",
+           "scene_fd", "scene_composition", "scene_count_error", "scene_duplication", "scene_missing")
+REFERENCE_METRICS = ("fid", "kid", "digit_fid", "scene_fd")  # distribution metrics: they need real reference images
+MINIATURE_PREFIXES = ("digit_", "scene_")  # the miniatures' metrics: the shipped models, tiny or not
+BINARY_METRICS = ("digit_accuracy",)  # per-image 0 / 1 outcomes: paired gains also get McNemar's exact test
 
 
 def metric_class(name: str) -> type[ImageMetric]:
-    from crdiff.metrics import clip, digits, fid
+    from crdiff.metrics import clip, digits, fid, scenes
     from crdiff.metrics.image_reward import ImageReward
 
     classes = {"fid": fid.FID, "kid": fid.KID, "clip": clip.CLIPScore, "image_reward": ImageReward,
                "pickscore": clip.PickScore, "aesthetic": clip.Aesthetic, "digit_fid": digits.DigitFID,
-               "digit_accuracy": digits.DigitAccuracy}
+               "digit_accuracy": digits.DigitAccuracy, **scenes.CLASSES}
     if name not in classes:
         raise ValueError(f"unknown metric {name!r}; valid choices: {list(METRICS)}")
     return classes[name]
@@ -22,8 +25,8 @@ def metric_class(name: str) -> type[ImageMetric]:
 
 def metric_needs(name: str, tiny: bool = False, **options) -> list:
     """What `build_metric(name, tiny, **options)` loads from disk: nothing for the tiny stand-ins
-    (built from config), except the miniature's metrics, which read the shipped classifier either way."""
-    if tiny and not name.startswith("digit_"):
+    (built from config), except the miniatures' metrics, which read their shipped models either way."""
+    if tiny and not name.startswith(MINIATURE_PREFIXES):
         return []
     return metric_class(name).needs(**options)
 
@@ -39,6 +42,8 @@ def build_metric(name: str, tiny: bool = False, device: str = "cpu", **options) 
         from crdiff.metrics.digits import DigitAccuracy, DigitFID
 
         return (DigitFID if name == "digit_fid" else DigitAccuracy)(device=device)
+    if name.startswith("scene_"):
+        return metric_class(name)(device=device)
     if name in ("fid", "kid"):
         cls = fid.FID if name == "fid" else fid.KID
         if tiny:

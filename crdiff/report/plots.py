@@ -1,4 +1,5 @@
-"""Figures from result rows: each metric vs resolution per model, and each metric vs k for sweeps."""
+"""Figures from cell lines (crdiff.report.tables.aggregate of selected rows: one run per cell): each metric
+vs resolution per model, and each metric vs k for sweeps; error bars are the cells' 95% intervals."""
 
 from __future__ import annotations
 
@@ -18,6 +19,17 @@ def _pyplot():
     return plt
 
 
+def _errorbar(ax, x, group: pd.DataFrame, metric: str, **style) -> None:
+    """A line with the cells' 95% intervals as error bars where they have one."""
+    lo, hi = f"{metric}_lo", f"{metric}_hi"
+    if lo in group and group[lo].notna().all():
+        # clipped at 0: a resampled FID's interval may lie wholly above its value (crdiff.metrics.intervals)
+        yerr = [(group[metric] - group[lo]).clip(lower=0), (group[hi] - group[metric]).clip(lower=0)]
+        ax.errorbar(x, group[metric], yerr=yerr, marker="o", capsize=3, **style)
+    else:
+        ax.plot(x, group[metric], marker="o", **style)
+
+
 def metric_vs_resolution(rows: pd.DataFrame, model: str, out: str | Path) -> Path | None:
     """One panel per metric: dense and CR-Diff across the model's resolutions (by pixel count)."""
     data = rows[(rows.model == model) & rows.method.isin(["dense", "crdiff"])]
@@ -29,8 +41,7 @@ def metric_vs_resolution(rows: pd.DataFrame, model: str, out: str | Path) -> Pat
     fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 3), squeeze=False)
     for ax, metric in zip(axes[0], metrics):
         for method, group in data.groupby("method", sort=False):
-            group = group.drop_duplicates("resolution", keep="last")
-            ax.plot(group.resolution, group[metric], marker="o", label="CR-Diff" if method == "crdiff" else method)
+            _errorbar(ax, group.resolution, group, metric, label="CR-Diff" if method == "crdiff" else method)
         ax.set_title(METRICS[metric][0])
         ax.tick_params(axis="x", rotation=45)
     axes[0][0].legend()
@@ -55,8 +66,8 @@ def metric_vs_k(rows: pd.DataFrame, model: str, out: str | Path) -> Path | None:
     fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 3), squeeze=False)
     for ax, metric in zip(axes[0], metrics):
         for resolution, group in data.groupby("resolution", sort=False):
-            group = group.sort_values("k").drop_duplicates("k", keep="last")
-            ax.plot(group.k, group[metric], marker="o", label=resolution)
+            group = group.sort_values("k")
+            _errorbar(ax, group.k, group, metric, label=resolution)
         ax.set_title(METRICS[metric][0])
         ax.set_xlabel("k")
     axes[0][0].legend(fontsize=7)

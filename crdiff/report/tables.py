@@ -1,7 +1,10 @@
-"""Result rows -> the paper's Tables A (unseen resolutions) and B (default), and the comparison with the paper.
+"""Result rows -> the paper's Tables A (unseen resolutions) and B (default), the gains over dense, and the
+comparison with the paper (dense calibration first).
 
-Layout (as the paper): one row per (model, resolution), for each metric a dense and a CR-Diff column;
-the better of the two is marked (bold in Markdown / LaTeX, `*` in CSV).
+Layout (as the paper): one row per (model, resolution), for each metric a dense and a CR-Diff column,
+each cell `value ± half-width of its 95% interval` (crdiff.report.cells); the better value is marked
+(bold in Markdown / LaTeX, `*` in CSV); a cell without a row reads `missing`. Rows reach a table through
+one-run-per-cell selection (crdiff.report.select).
 """
 
 from __future__ import annotations
@@ -9,6 +12,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
+
+from crdiff.metrics import intervals
+from crdiff.report import cells, select
 
 # metric -> (paper column label, higher is better)
 METRICS = {
@@ -36,24 +42,104 @@ def paper_rows() -> pd.DataFrame:
 
 PAPER_METHODS = ("dense", "crdiff")
 LABELS = {"dense": "dense", "crdiff": "CR-Diff"}
+MISSING = "missing"  # a cell with no row (a job still running): printed, never an error
+
+
+def _interval_settings(run: pd.DataFrame) -> dict:
+    """The resample counts and seed the rows were scored with (crdiff.metrics.intervals' defaults if none)."""
+    stored = run.iloc[0].get("intervals") if "intervals" in run else None
+    stored = stored if isinstance(stored, dict) else {}
+    return {"resamples": stored.get("resamples", intervals.RESAMPLES),
+            "feature_resamples": stored.get("feature_resamples", intervals.FEATURE_RESAMPLES),
+            "seed": stored.get("seed", intervals.SEED)}
+
+
+def _runs(rows: pd.DataFrame, by: tuple[str, ...] = ()) -> dict[tuple, pd.DataFrame]:
+    """Per cell its one run (all its seed sets); more than one run is refused (crdiff.report.select)."""
+    found = select.candidates(rows, by)
+    ambiguous = {cell: runs for cell, runs in found.items() if len(runs) > 1}
+    if ambiguous:
+        raise select.AmbiguousCells(select.describe(ambiguous))
+    return {cell: runs[0] for cell, runs in found.items()}
+
+
+def aggregate(rows: pd.DataFrame, device: str = "cpu", by: tuple[str, ...] = ()) -> pd.DataFrame:
+    """One line per cell from selected result rows: each metric's value, its 95% interval (`<m>_lo`,
+    `<m>_hi`), its seed spread (`<m>_spread`, several seed sets only), `seeds`; image counts summed and
+    cost averaged over the seed sets."""
+    if rows.empty:
+        return rows
+    if "resolution" not in rows:
+        rows = rows.assign(resolution=rows.height.astype(str) + "x" + rows.width.astype(str))
+    lines = []
+    for cell, run in _runs(rows, by).items():
+        line = dict(zip([*select.CELL, *by], cell))
+        for name in ("height", "width", "k", "seconds_device", "ratios_source", "preset_beats_start"):
+            if name in run:
+                line[name] = run[name].iloc[0]
+        for metric in (m for m in METRICS if m in run):
+            found = cells.cell(run, metric, device=device, **_interval_settings(run))
+            if found is not None:
+                line[metric], line[f"{metric}_spread"] = found.value, found.spread
+                line[f"{metric}_lo"], line[f"{metric}_hi"] = found.ci95 or (None, None)
+        for flag in ("nan_images", "black_images", "constant_images"):
+            if flag in run:
+                line[flag] = run[flag].sum(min_count=1)
+        for name in COST:
+            if name in run:
+                line[name] = run[name].mean()
+        line["seeds"] = len(run)
+        lines.append(line)
+    return pd.DataFrame(lines)
+
+
+def gains(rows: pd.DataFrame, methods: tuple[str, ...] | None = None, device: str = "cpu") -> pd.DataFrame:
+    """Every method's gain over dense (method - dense) per (model, setting, resolution, metric), with
+    its paired 95% interval, the seed spread of the per-set gains and, for accuracy-like metrics,
+    McNemar's exact test."""
+    runs = _runs(rows) if not rows.empty else {}
+    lines = []
+    for (model, setting, resolution, method), run in runs.items():
+        dense = runs.get((model, setting, resolution, "dense"))
+        if method == "dense" or dense is None or (methods and method not in methods):
+            continue
+        for metric in (m for m in METRICS if m in run):
+            found = cells.gain(run, dense, metric, device=device, **_interval_settings(run))
+            if found is None:
+                continue
+            lo, hi = found.ci95 or (None, None)
+            test = found.mcnemar or {}
+            lines.append({"model": model, "setting": setting, "resolution": resolution, "method": method,
+                          "metric": metric, "gain": found.value, "gain_lo": lo, "gain_hi": hi,
+                          "seed_spread": found.spread, "seeds": found.seeds, "mcnemar_p": test.get("p"),
+                          "only_dense": test.get("only_dense"), "only_method": test.get("only_method")})
+    return pd.DataFrame(lines)
 
 
 def long_form(rows: pd.DataFrame, methods: tuple[str, ...] = PAPER_METHODS) -> pd.DataFrame:
-    """One line per (model, setting, resolution, method, metric, value) from result rows."""
+    """One line per (model, setting, resolution, method, metric): value, lo, hi, spread, from cell lines."""
     keep = rows[rows.method.isin(methods)]
     flags = [f"{f}_images" for f in ("nan", "black", "constant")]
     if all(f in keep for f in flags):
         keep = keep.assign(flagged_images=keep[flags].sum(axis=1, min_count=1))
-    metrics = [m for m in (*COLUMNS, *COST) if m in keep.columns]
     if "resolution" not in keep:
         keep = keep.assign(resolution=keep.height.astype(str) + "x" + keep.width.astype(str))
-    return keep.melt(id_vars=["model", "setting", "resolution", "method"], value_vars=metrics,
-                     var_name="metric").dropna(subset=["value"])
+    lines = []
+    for metric in (m for m in (*COLUMNS, *COST) if m in keep.columns):
+        part = keep[["model", "setting", "resolution", "method", metric]].rename(columns={metric: "value"})
+        for extra in ("lo", "hi", "spread"):
+            column = f"{metric}_{extra}"
+            part[extra] = keep[column] if column in keep else None
+        lines.append(part.assign(metric=metric))
+    if not lines:
+        return pd.DataFrame(columns=["model", "setting", "resolution", "method", "metric", "value"])
+    return pd.concat(lines, ignore_index=True).dropna(subset=["value"])
 
 
 def paper_table(rows: pd.DataFrame, setting: str, methods: tuple[str, ...] = PAPER_METHODS) -> pd.DataFrame:
-    """Table A (`setting='unseen'`) or B (`'default'`): index (model, resolution), columns (metric, method);
-    `methods` beyond the paper's two put the baselines side by side."""
+    """Table A (`setting='unseen'`) or B (`'default'`) from cell lines (`aggregate`, or the paper's rows):
+    index (model, resolution), columns (metric, method); `methods` beyond the paper's two put the
+    baselines side by side. Intervals ride along in `.attrs["text"]` (value ± half-width per cell)."""
     data = long_form(rows[rows.setting == setting], methods)
     table = data.pivot_table(index=["model", "resolution"], columns=["metric", "method"], values="value",
                              aggfunc="first")
@@ -62,7 +148,38 @@ def paper_table(rows: pd.DataFrame, setting: str, methods: tuple[str, ...] = PAP
     # models in the paper's order, resolutions in the order the rows list them (the config's order)
     models = sorted(data.model.unique(), key=lambda m: MODEL_ORDER.index(m) if m in MODEL_ORDER else len(MODEL_ORDER))
     index = [(m, r) for m in models for r in dict.fromkeys(data[data.model == m].resolution)]
-    return table.reindex(index=pd.MultiIndex.from_tuples(index, names=["model", "resolution"]))
+    table = table.reindex(index=pd.MultiIndex.from_tuples(index, names=["model", "resolution"]))
+    notes = ratios_notes(rows[rows.setting == setting])
+    table.index = pd.MultiIndex.from_tuples([(m, r + notes.get((m, r), "")) for m, r in table.index],
+                                            names=["model", "resolution"])
+    table.attrs["text"] = {(line.model, line.resolution + notes.get((line.model, line.resolution), ""), line.metric,
+                            line.method): _cell_text(line) for line in data.itertuples()}
+    return table
+
+
+def ratios_notes(rows: pd.DataFrame) -> dict[tuple[str, str], str]:
+    """A note on the resolution of a row whose CR-Diff did not run on a searched preset that beat its start
+    (crdiff.experiment.presets): the table says so itself, not only the row file."""
+    if "ratios_source" not in rows:
+        return {}
+    notes = {}
+    for r in rows[rows.method == "crdiff"].itertuples():
+        resolution = r.resolution if "resolution" in rows else f"{r.height}x{r.width}"
+        if str(r.ratios_source).startswith("fallback"):
+            notes[(r.model, resolution)] = " (no searched preset)"
+        elif getattr(r, "preset_beats_start", None) is False:
+            notes[(r.model, resolution)] = " (preset not better than its start)"
+    return notes
+
+
+def _cell_text(line) -> str:
+    """`value`, `value ± half-width` with an interval, `(seeds ±s)` after it with several seed sets."""
+    text = f"{line.value:.3f}"
+    if line.lo is not None and line.hi is not None and not (pd.isna(line.lo) or pd.isna(line.hi)):
+        text += f" ± {(line.hi - line.lo) / 2:.3f}"
+    if line.spread is not None and not pd.isna(line.spread):
+        text += f" (seeds ±{line.spread:.3f})"
+    return text
 
 
 def better_mask(table: pd.DataFrame) -> pd.DataFrame:
@@ -73,21 +190,23 @@ def better_mask(table: pd.DataFrame) -> pd.DataFrame:
             continue
         values = table[metric]
         best = values.max(axis=1) if COLUMNS[metric][1] else values.min(axis=1)
+        compared = values.notna().sum(axis=1) > 1  # a value alone (the other cell missing) is not "better"
         for method in values.columns:
-            mask[(metric, method)] = values[method] == best
+            mask[(metric, method)] = (values[method] == best) & compared
     return mask
 
 
 def _formatted(table: pd.DataFrame, mark: str) -> pd.DataFrame:
-    marks = better_mask(table)
+    marks, cell_text = better_mask(table), table.attrs.get("text", {})
     text = table.copy().astype(object)
     for col in table.columns:
         if col[0] in COST or col[0] in COUNTS:  # cost and counts: their own format, no "better" mark
             form = COST[col[0]][1] if col[0] in COST else "{:.0f}"
             text[col] = ["" if pd.isna(v) else form.format(v) for v in table[col]]
         else:
-            text[col] = [mark.format(t) if m and t else t for t, m in
-                         zip(["" if pd.isna(v) else f"{v:.3f}" for v in table[col]], marks[col])]
+            texts = [MISSING if pd.isna(v) else cell_text.get((*where, *col), f"{v:.3f}")
+                     for where, v in zip(table.index, table[col])]
+            text[col] = [mark.format(t) if m and t != MISSING else t for t, m in zip(texts, marks[col])]
     text.columns = [f"{(COLUMNS | COST)[m][0]} {LABELS.get(meth, meth)}" for m, meth in table.columns]
     return text.reset_index()
 
@@ -112,21 +231,83 @@ def to_latex(table: pd.DataFrame) -> str:
     return "\n".join(lines + [r"\bottomrule", r"\end{tabular}"]) + "\n"
 
 
-def compare_with_paper(rows: pd.DataFrame) -> pd.DataFrame:
-    """Ours vs the paper per (model, resolution, method, metric), plus each side's dense -> CR-Diff change."""
-    ours = long_form(rows).rename(columns={"value": "ours"})
-    paper = long_form(paper_rows()).rename(columns={"value": "paper"})
-    merged = ours.merge(paper, on=["model", "setting", "resolution", "method", "metric"], how="inner")
+# Dense calibration: how far our dense column may sit from the paper's before its gains are not read as
+# the paper's. Our choice, not derived: the paper's steps, seeds and metric variants are not all published
+# (docs/protocol.md), so ours differ by design; these are about the differences such choices make
+# (FID: relative, the others absolute). Override per metric with make_tables' --tolerance.
+DENSE_TOLERANCE = {"fid": ("relative", 0.10), "clip": ("absolute", 0.01), "image_reward": ("absolute", 0.10),
+                   "pickscore": ("absolute", 0.20), "aesthetic": ("absolute", 0.20)}
+
+
+def dense_calibration(cells_: pd.DataFrame, tolerance: dict | None = None) -> pd.DataFrame:
+    """Our dense vs the paper's dense per (model, setting, resolution, metric): the difference, the stated
+    tolerance, whether it holds, and whether the paper's value lies inside our 95% interval."""
+    tolerance = {**DENSE_TOLERANCE, **(tolerance or {})}
+    ours = long_form(cells_, ("dense",)).rename(columns={"value": "ours", "lo": "ours_lo", "hi": "ours_hi"})
+    paper = long_form(paper_rows(), ("dense",))[["model", "setting", "resolution", "metric", "value"]]
+    merged = ours.merge(paper.rename(columns={"value": "paper"}), on=["model", "setting", "resolution", "metric"])
+    merged = merged[merged.metric.isin(tolerance)]
+    if merged.empty:
+        return merged
+    kind = merged.metric.map(lambda m: tolerance[m][0])
+    size = merged.metric.map(lambda m: tolerance[m][1])
+    merged["difference"] = merged.ours - merged.paper
+    merged["tolerance"] = [t * abs(p) if k == "relative" else t for k, t, p in zip(kind, size, merged.paper)]
+    merged["within"] = merged.difference.abs() <= merged.tolerance
+    merged["paper_in_ci95"] = [None if pd.isna(lo) or pd.isna(hi) else bool(lo <= p <= hi)
+                               for lo, hi, p in zip(merged.ours_lo, merged.ours_hi, merged.paper)]
+    return merged[["model", "setting", "resolution", "metric", "ours", "ours_lo", "ours_hi", "paper", "difference",
+                   "tolerance", "within", "paper_in_ci95"]].reset_index(drop=True)
+
+
+def compare_with_paper(cells_: pd.DataFrame, gains_: pd.DataFrame | None = None,
+                       tolerance: dict | None = None) -> pd.DataFrame:
+    """Ours vs the paper per (model, setting, resolution, method, metric), each side's dense -> CR-Diff gain
+    (ours with its paired 95% interval `ours_gain_lo` / `ours_gain_hi` when `gains_` has it), and
+    `dense_within_tolerance`: whether that cell's dense column is calibrated (`dense_calibration`)."""
+    key = ["model", "setting", "resolution", "metric"]
+    ours = long_form(cells_)[[*key, "method", "value"]].rename(columns={"value": "ours"})
+    paper = long_form(paper_rows())[[*key, "method", "value"]].rename(columns={"value": "paper"})
+    merged = ours.merge(paper, on=[*key, "method"], how="inner")
     if merged.empty:  # e.g. the miniature: nothing the paper reports
         return merged
     merged["delta"] = merged.ours - merged.paper
-    change = merged.pivot_table(index=["model", "setting", "resolution", "metric"], columns="method",
-                                values=["ours", "paper"], aggfunc="first")
-    out = merged.merge(
-        pd.DataFrame({"ours_gain": change[("ours", "crdiff")] - change[("ours", "dense")],
-                      "paper_gain": change[("paper", "crdiff")] - change[("paper", "dense")]}).reset_index(),
-        on=["model", "setting", "resolution", "metric"], how="left")
-    return out.sort_values(["setting", "model", "resolution", "metric", "method"]).reset_index(drop=True)
+
+    def change(frame: pd.DataFrame, column: str) -> pd.DataFrame:
+        wide = frame.pivot_table(index=key, columns="method", values=column, aggfunc="first")
+        present = all(m in wide for m in PAPER_METHODS)  # dense rows only (CR-Diff still running): no gain
+        gain = wide["crdiff"] - wide["dense"] if present else pd.Series(float("nan"), index=wide.index)
+        return gain.rename(f"{column}_gain").reset_index()
+
+    out = merged.merge(change(ours, "ours"), on=key, how="left").merge(change(paper, "paper"), on=key, how="left")
+    paired = (gains_[gains_.method == "crdiff"][[*key, "gain_lo", "gain_hi"]]
+              .rename(columns={"gain_lo": "ours_gain_lo", "gain_hi": "ours_gain_hi"})
+              if gains_ is not None and not gains_.empty else pd.DataFrame(columns=[*key, "ours_gain_lo", "ours_gain_hi"]))
+    out = out.merge(paired, on=key, how="left")
+    calibration = dense_calibration(cells_, tolerance)
+    if calibration.empty:
+        out["dense_within_tolerance"] = None
+    else:
+        out = out.merge(calibration[[*key, "within"]].rename(columns={"within": "dense_within_tolerance"}),
+                        on=key, how="left")
+    columns = [*key, "method", "ours", "paper", "delta", "ours_gain", "ours_gain_lo", "ours_gain_hi", "paper_gain",
+               "dense_within_tolerance"]
+    return out[columns].sort_values(["setting", "model", "resolution", "metric", "method"]).reset_index(drop=True)
+
+
+def gains_markdown(gains_: pd.DataFrame) -> str:
+    """The gains over dense: `gain ± half-width [lo, hi]` per method, McNemar's p where there is one."""
+    lines = ["| model | resolution | metric | method | gain (method - dense) | 95% paired interval | seed spread | "
+             "McNemar p (only dense / only method right) |", "|---|---|---|---|---|---|---|---|"]
+    for g in gains_.itertuples():
+        label = (COLUMNS | COST).get(g.metric, (g.metric,))[0]
+        ci = "-" if pd.isna(g.gain_lo) else f"[{g.gain_lo:.3f}, {g.gain_hi:.3f}]"
+        value = f"{g.gain:.3f}" + ("" if pd.isna(g.gain_lo) else f" ± {(g.gain_hi - g.gain_lo) / 2:.3f}")
+        spread = "-" if pd.isna(g.seed_spread) else f"±{g.seed_spread:.3f} ({g.seeds} sets)"
+        test = "-" if pd.isna(g.mcnemar_p) else f"{g.mcnemar_p:.3g} ({g.only_dense:.0f} / {g.only_method:.0f})"
+        lines.append(f"| {g.model} | {g.resolution} | {label} | {LABELS.get(g.method, g.method)} | {value} | {ci} | "
+                     f"{spread} | {test} |")
+    return "\n".join(lines) + "\n"
 
 
 def cost_note(rows: pd.DataFrame) -> str:
@@ -136,29 +317,53 @@ def cost_note(rows: pd.DataFrame) -> str:
             f"s/img: wall seconds per image, measured on {' + '.join(devices) or 'no recorded device'}\n")
 
 
-def write_all(rows: pd.DataFrame, out: str | Path, compare: bool = True) -> list[Path]:
-    """Table A and B as CSV / Markdown / LaTeX, and the comparison with the paper, under `out`."""
+def write_all(rows: pd.DataFrame, out: str | Path, compare: bool = True, device: str = "cpu",
+              tolerance: dict | None = None, cells_: pd.DataFrame | None = None, note: str = "") -> list[Path]:
+    """From selected result rows (crdiff.report.select): Tables A and B as CSV / Markdown / LaTeX with
+    their gains over dense, the baselines side by side, and (with `compare`) the dense calibration and
+    the comparison with the paper, under `out`; `cells_`: `aggregate(rows)` if already computed; `note`:
+    which rows were used (crdiff.report.select.report_rows), printed under each Markdown table."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    if cells_ is None:
+        cells_ = aggregate(rows, device) if compare else rows  # the paper's own rows are cell lines already
+    gains_ = gains(rows, device=device) if compare else pd.DataFrame()
     written = []
+    if compare:
+        calibration = dense_calibration(cells_, tolerance)
+        if not calibration.empty:
+            calibration.to_csv(out / "dense_calibration.csv", index=False)
+            written.append(out / "dense_calibration.csv")
     for name, setting in (("table_A", "unseen"), ("table_B", "default")):
-        table = paper_table(rows, setting)
+        table = paper_table(cells_, setting)
         if table.empty:
             continue
+        part = gains_[gains_.setting == setting] if not gains_.empty else gains_
         for suffix, render in ((".csv", to_csv), (".md", to_markdown), (".tex", to_latex)):
             path = out / f"{name}{suffix}"
-            path.write_text(render(table) + (f"\n{cost_note(rows)}" if suffix == ".md" else ""))
+            extra = ""
+            if suffix == ".md":
+                extra = f"\n{cost_note(cells_)}" + (f"\n{note}\n" if note else "") + (f"\n{gains_title()}\n\n{gains_markdown(part)}" if not part.empty else "")
+            path.write_text(render(table) + extra)
             written.append(path)
-    extra = tuple(m for m in dict.fromkeys(rows.method) if m not in PAPER_METHODS)
+        if not part.empty:
+            part.to_csv(out / f"{name}_gains.csv", index=False)
+            written.append(out / f"{name}_gains.csv")
+    extra = tuple(m for m in dict.fromkeys(cells_.method) if m not in PAPER_METHODS)
     for name, setting in (("methods_A", "unseen"), ("methods_B", "default")):  # baselines side by side
-        table = paper_table(rows, setting, PAPER_METHODS + extra) if extra else pd.DataFrame()
+        table = paper_table(cells_, setting, PAPER_METHODS + extra) if extra else pd.DataFrame()
         if not table.empty:
-            (out / f"{name}.md").write_text(to_markdown(table) + f"\n{cost_note(rows)}")
+            (out / f"{name}.md").write_text(to_markdown(table) + f"\n{cost_note(cells_)}")
             (out / f"{name}.csv").write_text(to_csv(table))
             written += [out / f"{name}.md", out / f"{name}.csv"]
     if compare:
-        comparison = compare_with_paper(rows)
+        comparison = compare_with_paper(cells_, gains_, tolerance)
         if not comparison.empty:
             comparison.to_csv(out / "paper_comparison.csv", index=False)
             written.append(out / "paper_comparison.csv")
     return written
+
+
+def gains_title() -> str:
+    return ("Gains over dense (method - dense; for FID/KID a negative gain is an improvement): paired 95% "
+            "intervals, the same prompts and seeds resampled on both sides")

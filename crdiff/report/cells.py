@@ -1,0 +1,145 @@
+"""Table cells and gains from stored per-image scores: value, 95% interval, seed spread; paired gains.
+
+A run (crdiff.report.select) is one cell's rows, one per seed set. A cell's value is the mean over its
+seed sets of each set's value, its interval a bootstrap over prompts (every seed set resampled on the
+same prompts, crdiff.metrics.intervals), and with several seed sets the spread of the per-set values
+(sample standard deviation) stands beside it. A gain is method minus dense on the same prompts and
+seeds: per-image differences for per-image metrics, FID / KID recomputed on the same resampled images
+on both sides; accuracy-like metrics also get McNemar's exact test.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from crdiff.metrics import intervals
+from crdiff.metrics.registry import BINARY_METRICS, REFERENCE_METRICS
+
+
+@dataclass
+class Estimate:
+    value: float
+    ci95: list[float] | None = None
+    spread: float | None = None  # standard deviation over seed sets (None: one set)
+    seeds: int = 1
+    mcnemar: dict | None = None  # gains of accuracy-like metrics
+
+    @property
+    def half_width(self) -> float | None:
+        return None if self.ci95 is None else (self.ci95[1] - self.ci95[0]) / 2
+
+
+def _ordered(run: pd.DataFrame) -> pd.DataFrame:
+    return run.sort_values("seed") if "seed" in run else run
+
+
+def _file(row, kind: str, metric: str | None = None) -> Path | None:
+    files = getattr(row, "scores", None)
+    files = files if isinstance(files, dict) else {}
+    name = files.get(kind) if metric is None else files.get(kind, {}).get(metric)
+    return None if name is None else Path(row.output_dir) / name
+
+
+def per_image(run: pd.DataFrame, metric: str) -> np.ndarray | None:
+    """[seed sets, prompts] per-image values of `metric`, or None if a row has no per-image file."""
+    values = []
+    for row in _ordered(run).itertuples():
+        path = _file(row, "per_image")
+        if path is None or not path.is_file():
+            return None
+        table = pd.read_csv(path)
+        if metric not in table:
+            return None
+        values.append(table.sort_values("index")[metric].to_numpy(np.float64))
+    return np.stack(values)
+
+
+def features(run: pd.DataFrame, metric: str) -> tuple[list[torch.Tensor], torch.Tensor] | None:
+    """(generated features per seed set, reference features) of an FID / KID-like metric, or None."""
+    generated, reference = [], None
+    for row in _ordered(run).itertuples():
+        paths = _file(row, "features", metric), _file(row, "reference", metric)
+        if not all(p is not None and p.is_file() for p in paths):
+            return None
+        generated.append(torch.from_numpy(np.load(paths[0])).double())
+        reference = torch.from_numpy(np.load(paths[1])).double()
+    return generated, reference
+
+
+def distance(metric: str, run: pd.DataFrame):
+    """The function (reference, generated features) -> value that scored `metric` in these rows."""
+    from crdiff.metrics.fid import frechet, kernel_distance
+
+    if metric == "kid":
+        settings = run.iloc[0].get("intervals") if "intervals" in run else None
+        settings = settings if isinstance(settings, dict) else {}
+        return lambda real, fake: kernel_distance(real, fake, settings.get("kid_subsets", 100),
+                                                  settings.get("kid_subset_size", 1000))
+    return frechet
+
+
+def _spread(values: list[float]) -> float | None:
+    return float(np.std(values, ddof=1)) if len(values) > 1 else None
+
+
+def cell(run: pd.DataFrame, metric: str, resamples: int = intervals.RESAMPLES,
+         feature_resamples: int = intervals.FEATURE_RESAMPLES, seed: int = intervals.SEED,
+         device: str = "cpu") -> Estimate | None:
+    """One cell's estimate of `metric` over the run's seed sets (None where the rows lack it)."""
+    if metric not in run or run[metric].isna().any():
+        return None
+    per_set = [float(v) for v in _ordered(run)[metric]]
+    value = float(np.mean(per_set))
+    if len(run) == 1:  # its interval was computed when it was scored
+        row = run.iloc[0]
+        lo, hi = row.get(f"{metric}_lo"), row.get(f"{metric}_hi")
+        return Estimate(value, None if pd.isna(lo) or pd.isna(hi) else [float(lo), float(hi)])
+    ci = None
+    if metric in REFERENCE_METRICS:
+        found = features(run, metric)
+        if found is not None:
+            generated, reference = [g.to(device) for g in found[0]], found[1].to(device)
+            score = distance(metric, run)
+            ci = intervals.interval(lambda idx: float(np.mean([score(reference, g[idx]) for g in generated])),
+                                    generated[0].shape[0], feature_resamples, seed)
+    else:
+        values = per_image(run, metric)
+        ci = None if values is None else intervals.mean_interval(values, resamples, seed)
+    return Estimate(value, ci, _spread(per_set), len(run))
+
+
+def gain(method: pd.DataFrame, dense: pd.DataFrame, metric: str, resamples: int = intervals.RESAMPLES,
+         feature_resamples: int = intervals.FEATURE_RESAMPLES, seed: int = intervals.SEED,
+         device: str = "cpu") -> Estimate | None:
+    """method - dense on `metric` with a paired interval (the same prompts and seed sets resampled on both
+    sides) on the seed sets both have; None where either side lacks the metric or no seed set is shared."""
+    if metric not in method or metric not in dense or method[metric].isna().any() or dense[metric].isna().any():
+        return None
+    if "seed" in method:  # paired only on the same prompts and seeds
+        shared = set(method.seed) & set(dense.seed)
+        method, dense = method[method.seed.isin(shared)], dense[dense.seed.isin(shared)]
+        if not shared or ("prompts_digest" in method and set(method.prompts_digest) != set(dense.prompts_digest)):
+            return None
+    m_sets, d_sets = [float(v) for v in _ordered(method)[metric]], [float(v) for v in _ordered(dense)[metric]]
+    value = float(np.mean(m_sets) - np.mean(d_sets))
+    spread = _spread([a - b for a, b in zip(m_sets, d_sets)])
+    if metric in REFERENCE_METRICS:
+        ours, theirs = features(method, metric), features(dense, metric)
+        if ours is None or theirs is None:
+            return Estimate(value, None, spread, len(method))
+        score, reference = distance(metric, method), ours[1].to(device)
+        a, b = [g.to(device) for g in ours[0]], [g.to(device) for g in theirs[0]]
+        ci = intervals.interval(lambda idx: float(np.mean([score(reference, x[idx]) - score(reference, y[idx])
+                                                           for x, y in zip(a, b)])),
+                                a[0].shape[0], feature_resamples, seed)
+        return Estimate(value, ci, spread, len(method))
+    ours, theirs = per_image(method, metric), per_image(dense, metric)
+    if ours is None or theirs is None:
+        return Estimate(value, None, spread, len(method))
+    test = intervals.mcnemar(theirs.ravel(), ours.ravel()) if metric in BINARY_METRICS else None
+    return Estimate(value, intervals.mean_interval(ours - theirs, resamples, seed), spread, len(method), test)

@@ -1,0 +1,166 @@
+"""One run per table cell, never a silent pick.
+
+A cell is (model, setting, resolution, method). A table is built from the rows that match a stated
+configuration: by default its experiment (rows that experiment produced or reused) at the values its
+experiment file sets (`defaults_of`), with optional filters such as `k=1.5`. The seed set
+(`sampler.seed`) is the one replicate axis: rows of a cell that differ only in it are replicates of
+one cell and aggregate (crdiff.report.cells). Rows of a cell that differ in anything else are
+different runs: the selection refuses them (`AmbiguousCells`), listing the candidates and the fields
+that differ, so a table never hides one of two runs.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+CELL = ["model", "setting", "resolution", "method"]
+REPLICATE = "seed"
+# what makes two rows of a cell comparable (beside the cell itself); a filter may name any of them
+COMPARABLE = ["k", "criterion", "ratio_down", "ratio_mid", "ratio_up", "ratios_source", "preset", "prompts",
+              "prompts_digest", "n_images", "steps", "guidance", "negative_prompt", "scheduler", "dtype", "source",
+              "safety_checker", "drawn_at", "preprocessing", "metrics_version"]
+
+
+class AmbiguousCells(ValueError):
+    """More than one run fits a cell: the message lists the candidates and the fields that differ."""
+
+
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _same(a, b) -> bool:
+    if _missing(a) or _missing(b):
+        return _missing(a) and _missing(b)
+    try:
+        return float(a) == float(b)
+    except (TypeError, ValueError):
+        return str(a) == str(b)
+
+
+def parse_filters(items: list[str]) -> dict[str, str]:
+    """`["k=1.5", "steps=30"]` -> {"k": "1.5", "steps": "30"}; a field no row carries is refused later."""
+    filters = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise ValueError(f"filter {item!r} is not FIELD=VALUE (e.g. k=1.5)")
+        filters[name] = value
+    return filters
+
+
+def defaults_of(experiment: str) -> dict[str, object]:
+    """The values an experiment file states for the comparable fields (its composed config): what its
+    table is built from unless told otherwise."""
+    from crdiff.experiment.planner import compose_runs
+
+    ((_, run),) = compose_runs([f"experiment={experiment}"], sweep={})
+    return {"k": run.amplify.k, "steps": run.sampler.steps, "guidance": run.sampler.guidance,
+            "negative_prompt": run.sampler.negative_prompt, "preprocessing": run.metrics.preprocessing,
+            "safety_checker": run.model.safety_checker}
+
+
+def matching(rows: pd.DataFrame, experiment: str | None = None, filters: dict | None = None) -> pd.DataFrame:
+    """The rows `experiment` produced or reused (any experiment if None) whose fields equal `filters`;
+    a row without a value for a field (dense has no k) is not filtered on it."""
+    keep = rows
+    if experiment is not None:
+        keep = keep[[experiment in tuple(names) for names in keep.experiments]]
+    for name, value in (filters or {}).items():
+        if name not in rows.columns:
+            raise ValueError(f"filter field {name!r} is in no row; fields: {sorted(set(CELL + COMPARABLE) & set(rows))}")
+        keep = keep[[_missing(v) or _same(v, value) for v in keep[name]]]
+    return keep
+
+
+def candidates(rows: pd.DataFrame, by: tuple[str, ...] = ()) -> dict[tuple, list[pd.DataFrame]]:
+    """Per cell (CELL + `by`, e.g. ("k",) for a figure across k), its runs: groups of rows equal in every
+    comparable field (the seed sets of one run)."""
+    fields = [f for f in COMPARABLE if f in rows.columns and f not in by]
+    out = {}
+    for cell, group in rows.groupby([*CELL, *by], sort=False, dropna=False):
+        runs: list[list[int]] = []
+        for i, row in group.iterrows():
+            for run in runs:
+                if all(_same(row[f], group.loc[run[0], f]) for f in fields):
+                    run.append(i)
+                    break
+            else:
+                runs.append([i])
+        out[cell] = [group.loc[run] for run in runs]
+    return out
+
+
+def select(rows: pd.DataFrame, experiment: str | None = None, filters: dict | None = None,
+           by: tuple[str, ...] = ()) -> pd.DataFrame:
+    """The rows a table is built from: one run per cell (all its seed sets); `AmbiguousCells` if any cell
+    has more than one run after `experiment` and `filters`. `by`: fields that split cells further (a
+    figure across k)."""
+    keep = matching(rows, experiment, filters)
+    found = candidates(keep, by) if len(keep) else {}
+    ambiguous = {cell: runs for cell, runs in found.items() if len(runs) > 1}
+    if ambiguous:
+        raise AmbiguousCells(describe(ambiguous))
+    return keep
+
+
+TABLES = {"table_a": "unseen", "table_b": "default"}  # the experiment each paper table is built from
+
+
+def experiments_of(rows: pd.DataFrame, experiment: str | None = None) -> list[tuple[str | None, str | None]]:
+    """(experiment, setting or None for every setting) pairs a report is built from: `experiment` if
+    given; else table_a's rows for Table A and table_b's for Table B; else the one experiment the rows
+    hold (None: rows that name none)."""
+    if experiment is not None:
+        return [(experiment, None)]
+    present = sorted({name for names in rows.experiments for name in names}) if "experiments" in rows else []
+    if any(name in TABLES for name in present):
+        return [(name, TABLES[name]) for name in TABLES if name in present]
+    if len(present) <= 1:
+        return [(present[0] if present else None, None)]
+    raise ValueError(f"the rows come from several experiments {present}; choose one (--experiment)")
+
+
+def stated(experiment: str | None) -> dict[str, object]:
+    """The experiment file's stated values, or none (no file of that name)."""
+    from pathlib import Path
+
+    if experiment is None or not (Path(__file__).resolve().parents[2] / "conf" / "experiment"
+                                  / f"{experiment}.yaml").is_file():
+        return {}
+    return defaults_of(experiment)
+
+
+def report_rows(rows: pd.DataFrame, experiment: str | None = None, filters: dict | None = None,
+                by: tuple[str, ...] = ()) -> tuple[pd.DataFrame, str]:
+    """The rows a report (tables, figures, notebook) is built from, and one line saying which: per table,
+    its experiment's rows at the values its experiment file states (fields the rows carry), overridden
+    by `filters`; `by` fields are left free (a figure across k)."""
+    parts, said = [], []
+    for name, setting in experiments_of(rows, experiment):
+        wanted = {k: v for k, v in stated(name).items() if k in rows and k not in by} | dict(filters or {})
+        base = rows if setting is None else rows[rows.setting == setting]
+        parts.append(select(base, name, wanted, by))
+        said.append(f"experiment {name or 'any'}" + (f" ({setting})" if setting else "") + "".join(
+            f", {k}={v}" for k, v in wanted.items()))
+    chosen = pd.concat(parts) if parts else rows.iloc[:0]
+    unused = len(rows) - len(chosen)
+    note = f"Rows: {'; '.join(said)}" + (f". {unused} other row(s) under this output_dir match no table's "
+                                          "configuration (choose them with --experiment / FIELD=VALUE)." if unused else ".")
+    return chosen, note
+
+
+def describe(ambiguous: dict[tuple, list[pd.DataFrame]]) -> str:
+    lines = [f"{len(ambiguous)} table cell(s) have more than one run; choose with --experiment or filters "
+             "FIELD=VALUE (e.g. k=1.5):"]
+    for cell, runs in ambiguous.items():
+        first = pd.concat(runs)
+        differ = [f for f in COMPARABLE if f in first and not all(_same(v, first[f].iloc[0]) for v in first[f])]
+        lines.append(f"  {' '.join(map(str, cell))}: {len(runs)} runs differing in {', '.join(differ) or 'key only'}")
+        for run in runs:
+            row = run.iloc[0]
+            lines.append(f"    key {', '.join(run.key)}  experiments {', '.join(row.experiments) or '-'}  "
+                         + "  ".join(f"{f}={row[f]}" for f in differ) + f"  seeds {sorted(run[REPLICATE].tolist())}")
+    return "\n".join(lines)

@@ -1,0 +1,123 @@
+"""A documented command is a test: every `crdiff.run` / `scripts/` command in a fenced block of README.md
+or docs/*.md (tests/doccommands.py finds them) composes as written, its real configuration passes through
+preflight (which names what is missing, loading nothing), and with the tiny substitutions below it passes
+preflight and plans. All in this process: one compose per command, no CLI launch per command.
+
+Tiny substitutions (what a CPU without downloads needs, nothing else):
+- model=<m> -> model=tiny-<m> (the same pipeline classes built from config); model.source /
+  model.revision are dropped with it (they name real weights: tests/test_realweights.py and
+  tests/test_hub_journeys.py load a folder, a mirror id and a pinned revision);
+- metrics.tiny=true (stand-ins of the scorer classes); prompts.path=<2 prompts with real-image paths>
+  where a command reads the COCO-5K CSV; output_dir=<a temporary folder>;
+- placeholders: <you> -> me, <yours> -> gpu, <commit> -> a 40-hex revision.
+Launchers (torchrun, srun, accelerate, Hydra's SLURM launchers) are not started; the overrides they pass
+are what is checked. tests/test_run.py starts `torchrun --standalone` with 2 CPU ranks.
+"""
+
+import importlib.util
+import re
+from pathlib import Path
+
+import pytest
+
+from doccommands import ROOT, commands
+
+# The commands not run, each with its reason (by script; a crdiff.run command is never skipped).
+NOT_RUN = {
+    "scripts/prepare_coco5k.py": "needs COCO val2014 (captions and 40k images), which cannot be downloaded here; "
+                                 "tests/test_coco.py runs it on a COCO-shaped miniature",
+    "scripts/miniature_study.py": "reads the outputs of four miniature runs (`make main` and its sweeps, minutes of "
+                                  "CPU); tests/test_digits.py drives the same path",
+    "scripts/train_scenes.py": "trains the scenes model for about an hour of CPU; tests/test_scenes.py runs the same "
+                               "command on a few steps, stopped and resumed",
+    "scripts/gpu_check.sh": "needs a GPU (it falls back to the CPU only to check itself, minutes); run on a GPU node",
+}
+PLACEHOLDERS = {"<you>": "me", "<yours>": "gpu", "<commit>": "0" * 40}
+REAL = ("sdxl", "sd15", "sd21", "sd3", "flux")
+ALL = commands()
+RUNS = sorted({c.args: c for c in ALL if c.program == "crdiff.run"}.values(), key=str)
+SCRIPTS = sorted({(c.program, c.args): c for c in ALL if c.program != "crdiff.run"}.values(), key=str)
+
+
+def filled(args) -> list[str]:
+    out = []
+    for arg in args:
+        for placeholder, value in PLACEHOLDERS.items():
+            arg = arg.replace(placeholder, value)
+        out.append(arg)
+    return out
+
+
+@pytest.fixture(scope="module")
+def coco(tmp_path_factory):
+    from test_hub_journeys import reference_csv
+
+    return reference_csv(tmp_path_factory.mktemp("coco") / "coco5k")
+
+
+def tiny(overrides: list[str], run, coco: Path, out: Path) -> list[str]:
+    kept = [o for o in overrides if not o.startswith(("model.source=", "model.revision=", "output_dir=", "hydra"))]
+    extra = [f"model=tiny-{run.model.name}"] if run.model.name in REAL else []
+    if run.prompts.kind == "csv":
+        extra += [f"prompts.path={coco}"]
+    return [*kept, *extra, "metrics.tiny=true", f"output_dir={out}"]
+
+
+def test_every_documented_command_is_found():
+    """The extractor sees the commands the docs are known to hold (a broken fence would hide them all)."""
+    assert len(RUNS) >= 20 and {c.file for c in ALL} >= {"README.md", "docs/config.md", "docs/real-weights.md"}
+    assert any(c.launcher[:1] == ("torchrun",) for c in ALL) and any(c.multirun for c in ALL)
+    assert {c.program for c in SCRIPTS} - set(NOT_RUN) >= {"scripts/prefetch_weights.py", "scripts/make_tables.py"}
+
+
+@pytest.mark.parametrize("command", RUNS, ids=str)
+def test_documented_run_composes_passes_preflight_and_plans(command, coco, tmp_path):
+    from crdiff.experiment import planner, preflight
+
+    overrides = filled(command.args)
+    written = planner.compose_runs(overrides)  # each job of a sweep, the experiment's own included
+    assert written
+    for combo, run in written:
+        preflight.check(run, combo, reachable=False)  # names what the real run lacks; raises on nothing
+        (_, small), = planner.compose_runs(tiny(combo, run, coco, tmp_path), sweep={})
+        assert small.task == run.task and small.methods == run.methods and small.sampler == run.sampler
+        assert preflight.check(small, reachable=False) == [], combo
+        rows, notes = planner.rows_of(small)
+        # a search's plan lays its generation jobs out with the search's metrics (left to the search's owners)
+        assert rows and (not notes or small.task == "search"), (combo, notes)
+
+
+def script(path: str):
+    spec = importlib.util.spec_from_file_location(Path(path).stem, ROOT / path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("command", SCRIPTS, ids=str)
+def test_documented_script_runs_or_says_why_not(command, coco, tmp_path, capsys):
+    from crdiff.experiment import planner
+
+    if command.program in NOT_RUN:
+        assert (ROOT / command.program).is_file()
+        pytest.skip(NOT_RUN[command.program])
+    args = filled(command.args)
+    if command.program == "scripts/prefetch_weights.py":
+        overrides = [a for a in args if a != "--check"]
+        for combo, run in planner.compose_runs(overrides):  # the real pieces, declared without a download
+            assert script(command.program).requirements(run)
+            small = tiny(combo, run, coco, tmp_path)
+            assert script(command.program).main(["--check", *small]) == 0, capsys.readouterr()
+    elif command.program == "scripts/make_tables.py":
+        if "--results" in args:  # a finished run's rows: made here by a tiny run of the documented kind
+            from crdiff.experiment.run import execute
+
+            (_, run), = planner.compose_runs(["experiment=smoke", "prompts.limit=2", "sampler.steps=2",
+                                              "resolutions.sets=[default]", f"output_dir={tmp_path / 'outputs'}"])
+            execute(run)
+            args = [re.sub(r"^outputs$", str(tmp_path / "outputs"), a) for a in args]
+        args = [str(tmp_path / "tables") if a.startswith("results/") else a for a in args]
+        assert script(command.program).main(args) == 0
+        assert list((tmp_path / "tables").iterdir())
+    else:
+        pytest.fail(f"{command.program} is documented but neither run here nor in NOT_RUN with a reason")

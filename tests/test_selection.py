@@ -1,0 +1,111 @@
+"""One run per table cell, per-image scores, intervals and paired gains, through the documented commands:
+`python -m crdiff.run ...` (tiny runs in one process) then `python scripts/make_tables.py` as typed."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from crdiff.experiment.results import write_row
+from crdiff.experiment.run import execute
+from test_run import ENV, ROOT, compose_run, reference_prompts
+
+
+def make_tables(*args):
+    env = {**ENV, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "scripts/make_tables.py", *map(str, args)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_tables_select_one_run_per_cell_with_intervals_from_per_image_scores(tmp_path):
+    out = tmp_path / "out"
+    common = ["experiment=smoke", "prompts=csv", f"prompts.path={reference_prompts(tmp_path)}",
+              "metrics.names=[fid,clip]", "resolutions.sets=[default]", f"output_dir={out}",
+              "metrics.feature_resamples=20", "metrics.resamples=200"]
+    execute(compose_run(*common))                        # seed set 0, k = 1.5 (smoke's)
+    execute(compose_run(*common, "sampler.seed=1"))      # a second seed set of the same cells
+    execute(compose_run(*common, "amplify.k=3.0", "methods=[crdiff]"))  # the same cell at another k
+
+    rows = [json.loads(p.read_text()) for p in sorted((out / "results").glob("*.json"))]
+    assert len(rows) == 5 and all(r["experiments"] == ["smoke"] for r in rows)
+    for row in rows:  # per-image scores: one line per image, their mean is the row's value
+        scores = pd.read_csv(out / row["scores"]["per_image"])
+        assert list(scores.columns) == ["index", "prompt", "seed", "clip"] and len(scores) == 4
+        assert scores.seed.tolist() == [row["seed"] + i for i in range(4)]
+        assert scores["clip"].mean() == pytest.approx(row["metrics"]["clip"], abs=1e-12)
+        features = np.load(out / row["scores"]["features"]["fid"])
+        assert features.shape == (4, 64) and set(row["ci95"]) == {"fid", "clip"}
+        low, high = row["ci95"]["clip"]
+        assert low <= row["metrics"]["clip"] <= high
+
+    done = make_tables("--results", out, "--out", tmp_path / "tables")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "experiment smoke, k=1.5" in done.stdout and "1 other row(s)" in done.stdout  # the k = 3 row: named
+    table = (tmp_path / "tables" / "table_B.md").read_text()
+    assert "(seeds ±" in table and " ± " in table and "95% paired interval" in table
+    gains = pd.read_csv(tmp_path / "tables" / "table_B_gains.csv")
+    assert set(gains.metric) == {"fid", "clip"} and (gains.seeds == 2).all() and gains.gain_lo.notna().all()
+    assert (gains.gain_lo <= gains.gain).all() and (gains.gain <= gains.gain_hi).all()
+
+    k3 = make_tables("--results", out, "--out", tmp_path / "k3", "k=3.0")  # the other run, by a filter
+    assert k3.returncode == 0, k3.stderr[-3000:]
+    assert "k=3.0" in k3.stdout and (tmp_path / "k3" / "table_B.md").exists()
+
+    execute(compose_run(*common, "pruning.ratios.down=0.5", "methods=[crdiff]"))  # a second run at k = 1.5
+    both = make_tables("--results", out, "--out", tmp_path / "both")
+    assert both.returncode == 2 and "more than one run" in both.stderr and "ratio_down" in both.stderr
+    assert both.stderr.count("key ") == 2
+
+
+def test_missing_cells_print_as_missing_and_dense_only_rows_do_not_fail(tmp_path):
+    """With dense rows only (CR-Diff still running) the tables print the CR-Diff cells as missing."""
+    for res in ("400x560", "768x768"):
+        write_row(tmp_path / "results", f"dense-{res}", {
+            "experiments": ["table_a"], "model": "sd15", "method": "dense", "setting": "unseen", "resolution": res,
+            "height": int(res.split("x")[0]), "width": int(res.split("x")[1]), "k": None, "seed": 42, "steps": 30,
+            "metrics": {"fid": 40.0, "clip": 0.31}, "ci95": {"fid": [38.0, 43.0], "clip": [0.30, 0.32]}})
+    done = make_tables("--results", tmp_path, "--out", tmp_path / "tables")
+    assert done.returncode == 0, done.stderr[-3000:]
+    table = (tmp_path / "tables" / "table_A.md").read_text()
+    assert "| sd15 | 400x560 | 40.000 ± 2.500 | missing | 0.310 ± 0.010 | missing |" in table
+    comparison = pd.read_csv(tmp_path / "tables" / "paper_comparison.csv")
+    assert comparison.ours_gain.isna().all() and {"ours_gain_lo", "ours_gain_hi"} <= set(comparison.columns)
+    calibration = pd.read_csv(tmp_path / "tables" / "dense_calibration.csv")
+    fid = calibration[(calibration.metric == "fid") & (calibration.resolution == "400x560")].iloc[0]
+    assert fid.paper == 39.047 and fid.within and fid.tolerance == pytest.approx(3.9047)
+    clip768 = calibration[(calibration.metric == "clip") & (calibration.resolution == "768x768")].iloc[0]
+    assert clip768.within and not (tmp_path / "tables" / "table_A_gains.csv").exists()
+
+
+def test_dense_far_from_the_paper_is_flagged_before_any_gain(tmp_path):
+    write_row(tmp_path / "results", "dense", {
+        "experiments": ["table_b"], "model": "sdxl", "method": "dense", "setting": "default",
+        "resolution": "1024x1024", "height": 1024, "width": 1024, "k": None, "seed": 42, "metrics": {"fid": 60.0}})
+    done = make_tables("--results", tmp_path, "--out", tmp_path / "tables")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "warning: dense sdxl 1024x1024 fid is 60.000, the paper's 33.186 (outside ±3.319)" in done.stderr
+
+
+@pytest.mark.slow
+def test_rows_scored_before_per_image_scores_are_rescored_by_rerunning_the_command(tmp_path):
+    out = tmp_path / "out"
+    args = ["experiment=smoke", "metrics.names=[clip]", "resolutions.sets=[default]", "methods=[dense]",
+            f"output_dir={out}"]
+    first = execute(compose_run(*args))
+    (path,) = (out / "results").glob("*.json")
+    row = json.loads(path.read_text())
+    old = {k: v for k, v in row.items() if k not in ("ci95", "scores", "intervals")}  # a row as written before
+    path.write_text(json.dumps(old))
+    for file in (out / "scores").iterdir():
+        file.unlink()
+    again = execute(compose_run(*args))
+    assert again["generated"] == 0  # the kept images, scored again
+    row = json.loads(path.read_text())
+    assert (out / row["scores"]["per_image"]).is_file() and row["ci95"]["clip"] is not None
+    assert row["metrics"]["clip"] == pytest.approx(first["table"]["clip"][0], abs=1e-12)
