@@ -150,7 +150,7 @@ def test_corrupt_image_is_regenerated(smoke, tmp_path):
     (["resolutions.unseen=[401x560]"], "height 401 is not a positive multiple of 8"),
     (["pruning.ratios.up=1.2"], r"ratio for group 'up' is 1.2; valid range is \[0, 1\)"),
     (["amplify.k=inf"], "k is inf; valid range is any finite real number"),
-    (["methods=[dense,scalecrafter]"], "methods entry is 'scalecrafter'; valid choices"),
+    (["methods=[dense,scalecrafter]"], "unknown method 'scalecrafter'; valid choices"),
     (["prompts=csv", "prompts.path=/nonexistent.csv"], "does not exist"),
     (["output_dir=/proc/crdiff"], "cannot be created"),
 ])

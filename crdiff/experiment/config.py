@@ -257,7 +257,7 @@ class BaselinesConfig:
     """Settings of the comparison methods (see crdiff.methods)."""
 
     freeu: list[float] | None = None  # [s1, s2, b1, b2]; None: the published values for the model
-    uniform_ratio: float | None = None  # None: the mean of pruning.ratios
+    uniform_ratio: float | None = None  # None: CR-Diff's total sparsity (methods/pruned.py, Uniform)
     # native_resize draws at: `bucket` the trained size closest in aspect (SDXL's published buckets, else the
     # training area); `train` the training resolution for every target (crop for other aspects)
     native_size: str = "bucket"
@@ -298,10 +298,10 @@ class RunConfig:
             raise ValueError(f"lease_min is {self.lease_min!r}; it must be a positive number of minutes")
         if not self.methods:
             raise ValueError("methods is empty; list at least one (dense, crdiff, ...)")
-        from crdiff.experiment.methods import METHODS
+        from crdiff.experiment import methods
 
         for m in self.methods:
-            _choice("methods entry", m, METHODS)
+            methods.get(self, m)  # an unknown name, a family member without its value
         _choice("task", self.task, ("generate", "search", "plan"))
         if self.task == "search" and self.pruning.criterion == "wanda":
             raise ValueError("the ratio search prunes by pruning.criterion at every trial; 'wanda' needs calibration "

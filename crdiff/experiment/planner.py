@@ -238,7 +238,7 @@ def report(runs: list[tuple[list[str], RunConfig]], overrides: list[str] = (), t
         for r in rows:
             left = None if r.images is None else r.images - r.done
             est = seconds_per_image(table, run.model.name, r.resolution, run.model.dtype, cost_class(run, r.method),
-                                    run.sampler.steps)
+                                    methods.get(run, r.method).sampler().steps)
             hours = None
             if est is not None and left is not None:
                 seconds, m, how = est

@@ -74,10 +74,12 @@ def plan(run: RunConfig) -> Plan:
     presets.report(run, [res for _, res in run.resolutions.selected()])
     jobs = []
     for method in run.methods:
+        m = methods.get(run, method)
+        m.check()
         for setting, res in run.resolutions.selected():
             # per resolution: under pruning.searched each resolution has its own ratios
-            images_key = run_key(model=run.model, sampler=run.sampler, prompts=source_key, method=method,
-                                 settings=methods.settings(run, method, res))
+            images_key = run_key(model=run.model, sampler=m.sampler(), prompts=source_key, method=method,
+                                 settings=m.settings(res))
             images = out / "images" / run.model.name.replace("/", "--") / f"{method}-{images_key}"
             key = run_key(images=images_key, prompts=prompt_key, resolution=str(res), metrics=run.metrics,
                           metrics_version=METRICS_VERSION)
@@ -108,7 +110,8 @@ def check_device(p: Plan) -> str:
     cost = ""
     if p.run.task == "generate":
         amplified = {m: (crd := p.run.method(m)) is not None and crd.k != 1 for m in p.run.methods}
-        hours = hardware.cpu_hours([(len(p.prompts), p.run.sampler.steps, job.resolution.height * job.resolution.width,
+        hours = hardware.cpu_hours([(len(p.prompts), methods.get(p.run, job.method).sampler().steps,
+                                     job.resolution.height * job.resolution.width,
                                      amplified[job.method]) for job in p.jobs])
         cost = (f" ({len(p.jobs) * len(p.prompts)} images: at least {hours:,.1f} h on a 2-core CPU, from the "
                 "sd15 UNet step time in results/bench/core_sd15_256x256_fp32_cpu.md scaled by pixels)")
@@ -183,10 +186,11 @@ class _Maker:
         try:
             mine = [i for i in got if not is_done(job.folder, self.p.prompts, i, seed)]  # finished meanwhile
             if mine:
+                method = methods.get(self.p.run, job.method)
                 with claims.renewing():
-                    self.made += generate(self.pipeline(job), self.p.prompts, mine, job.resolution, self.p.run.sampler,
-                                          job.folder, self.bar.update,
-                                          methods.drawing_rule(self.p.run, job.method))
+                    self.made += generate(self.pipeline(job), self.p.prompts, mine, job.resolution, method.sampler(),
+                                          job.folder, self.bar.update, method.drawing_rule(),
+                                          method.call_kwargs(job.resolution))
         finally:
             for i in got:
                 claims.release(i)
@@ -265,7 +269,8 @@ def score_all(p: Plan, ranks: distributed.Ranks, device: str) -> dict[str, dict[
 def row(p: Plan, job: Job, prov: dict[str, Any], scores: dict[str, Any]) -> dict[str, Any]:
     from crdiff.experiment.sampling import cost
 
-    crd, rule = p.run.method(job.method, job.resolution), methods.drawing_rule(p.run, job.method)
+    method = methods.get(p.run, job.method)
+    crd, rule, sampler = method.pruning(job.resolution), method.drawing_rule(), method.sampler()
     _, ratios_source, preset = presets.ratios_at(p.run, job.resolution)
     old = existing_row(p, job)
     return {
@@ -283,9 +288,9 @@ def row(p: Plan, job: Job, prov: dict[str, Any], scores: dict[str, Any]) -> dict
         "ratios_source": None if crd is None else ratios_source, "preset": None if crd is None else preset,
         # False: on held-out seeds the preset's ratios did not beat the search's start (its paired interval)
         "preset_beats_start": None if crd is None else presets.beats_start(preset),
-        "steps": p.run.sampler.steps, "guidance": p.run.sampler.guidance, "seed": p.run.sampler.seed,
-        "negative_prompt": p.run.sampler.negative_prompt, "metrics_version": METRICS_VERSION,
-        "scheduler": p.run.sampler.scheduler, "image_dir": str(job.folder),
+        "steps": sampler.steps, "guidance": sampler.guidance, "seed": sampler.seed,
+        "negative_prompt": sampler.negative_prompt, "metrics_version": METRICS_VERSION,
+        "scheduler": sampler.scheduler, "image_dir": str(job.folder),
         # cost: denoiser passes and wall seconds per image as measured when the images were made
         "drawn_at": str(rule.size(job.resolution) if rule else job.resolution),
         **cost(job.folder, list(range(len(p.prompts)))),

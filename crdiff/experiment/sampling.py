@@ -130,9 +130,10 @@ def denoiser_passes(pipe) -> Iterator[list[int]]:
 
 
 def decode(pipe, prompts: PromptSet, indices: list[int], resolution: Resolution, sampler: SamplerConfig,
-           native: NativeRule | None = None) -> list:
+           native: NativeRule | None = None, extra: dict | None = None) -> list:
     """The images `indices` of `prompts` as decoded (float HxWxC in [0, 1], NaN kept), in batches of
-    `sampler.batch_size`, seeds `seed + i`; with a `native` rule, drawn at its bucket and fit to `resolution`."""
+    `sampler.batch_size`, seeds `seed + i`; with a `native` rule, drawn at its bucket and fit to `resolution`;
+    `extra`: more arguments of the pipeline call (a method's, e.g. SDXL's size conditioning)."""
     images = []
     for start in range(0, len(indices), sampler.batch_size):
         batch = indices[start : start + sampler.batch_size]
@@ -142,6 +143,7 @@ def decode(pipe, prompts: PromptSet, indices: list[int], resolution: Resolution,
             prompt=[prompts.prompts[i] for i in batch], negative_prompt=negative,
             num_inference_steps=sampler.steps, guidance_scale=sampler.guidance,
             generator=[torch.Generator("cpu").manual_seed(sampler.seed + i) for i in batch], output_type="np",
+            **(extra or {}),
         )
         if native is None:
             images += list(pipe(height=resolution.height, width=resolution.width, **call).images)
@@ -164,7 +166,7 @@ def draw(pipe, prompts: PromptSet, indices: list[int], resolution: Resolution, s
 
 def generate(
     pipe, prompts: PromptSet, indices: list[int], resolution: Resolution, sampler: SamplerConfig, folder: Path,
-    progress: Callable[[int], None] = lambda n: None, native: NativeRule | None = None,
+    progress: Callable[[int], None] = lambda n: None, native: NativeRule | None = None, extra: dict | None = None,
 ) -> int:
     """Make and store the images `indices` (the caller has skipped the done ones); returns how many."""
     device = device_name(pipe.device)
@@ -172,7 +174,7 @@ def generate(
         batch = indices[start : start + sampler.batch_size]
         began = time.perf_counter()
         with denoiser_passes(pipe) as passes:
-            decoded = decode(pipe, prompts, batch, resolution, sampler, native)
+            decoded = decode(pipe, prompts, batch, resolution, sampler, native, extra)
         seconds = (time.perf_counter() - began) / len(batch)
         cost = {"denoiser_calls": passes[0] / len(batch), "seconds": seconds, "device": device}
         for i, pixels in zip(batch, decoded):

@@ -11,6 +11,9 @@ freeu          FreeU (diffusers' built-in), per-model values of `baselines.freeu
 entropy        attention-entropy scaling (Jin et al. 2023) on self-attention only
 native_resize  the dense pipeline at its training size (or nearest trained aspect bucket), then a centred
                crop + Lanczos resize to the target (crdiff.native); refuses a pipeline another method changed
+dense_steps2x  dense with twice the steps (CR-Diff's denoiser passes)            } controls
+dense_cfg<s>   dense at guidance scale s, e.g. dense_cfg5 (a family: FAMILIES)    } (methods/controls.py)
+dense_sizecond SDXL's original_size / target_size set to its training size       }
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import Any
 
 from crdiff.amplify import CRDiffConfig
 from crdiff.experiment.methods.base import Method
+from crdiff.experiment.methods.controls import DenseGuidance, DenseSizeCond, DenseSteps2x
 from crdiff.experiment.methods.entropy import Entropy
 from crdiff.experiment.methods.freeu import FreeU
 from crdiff.experiment.methods.native_resize import NativeResize
@@ -36,16 +40,24 @@ REGISTRY: dict[str, type[Method]] = {m.name: m for m in (
     FreeU,
     Entropy,
     NativeResize,
+    DenseSteps2x,
+    DenseSizeCond,
 )}
+# Families: one class for many names, the name carrying its parameter (`dense_cfg5`: guidance 5).
+FAMILIES: dict[str, type[Method]] = {m.name: m for m in (DenseGuidance,)}
 METHODS = tuple(REGISTRY)
 PRUNED = tuple(name for name, m in REGISTRY.items() if issubclass(m, CRDiff))  # prune at `pruning`'s ratios
 
 
 def get(run, name: str) -> Method:
     """Method `name` bound to `run`."""
-    if name not in REGISTRY:
-        raise ValueError(f"unknown method {name!r}; valid choices: {sorted(REGISTRY)}")
-    return REGISTRY[name](run)
+    if name in REGISTRY:
+        return REGISTRY[name](run)
+    family = next((f for f in FAMILIES if name.startswith(f)), None)
+    if family is None:
+        raise ValueError(f"unknown method {name!r}; valid choices: {sorted(REGISTRY)} and "
+                         f"{[f + '<value>' for f in FAMILIES]}")
+    return FAMILIES[family].parse(run, name)
 
 
 def pruning_settings(run, name: str, resolution: Resolution | None = None) -> CRDiffConfig | None:
@@ -70,5 +82,5 @@ def apply(pipe, run, name: str, resolution: Resolution) -> None:
 
 def remove(pipe) -> None:
     """Back to dense: every method's change undone."""
-    for method in REGISTRY.values():
+    for method in (*REGISTRY.values(), *FAMILIES.values()):
         method.remove(pipe)
