@@ -130,3 +130,16 @@ def test_controls_refuse_what_they_do_not_apply_to():
         plan(compose_run("experiment=smoke", "model=tiny-sd15", "methods=[dense_sizecond]", "prompts.limit=1"))
     with pytest.raises(ValueError, match=r"dense_cfg<scale> needs a guidance scale >= 0"):
         compose_run("experiment=smoke", "methods=[dense_cfgx]")
+
+
+def test_uniform_counts_each_miniature_in_its_own_folder(monkeypatch, tmp_path):
+    """A bundled model is counted from its own pipeline folder, never another miniature's."""
+    from crdiff.experiment.methods import pruned
+    from crdiff.miniature import digits, scenes
+
+    seen = []
+    monkeypatch.setattr(pruned, "_from_folder", lambda folder: seen.append(folder) or torch.nn.Module())
+    monkeypatch.setattr(scenes, "PIPELINE_DIR", tmp_path)  # present whether or not its weights ship yet
+    pruned.meta_denoiser("digits")
+    pruned.meta_denoiser("scenes")
+    assert seen == [digits.PIPELINE_DIR, tmp_path]

@@ -142,9 +142,9 @@ def meta_denoiser(name: str, source: str | None = None) -> torch.nn.Module:
     spec = MODELS.get(name)
     folder = source or (name if spec is None else None)
     if spec is not None and spec.source.startswith("bundled:") and source is None:
-        from crdiff.miniature import digits
+        from crdiff.miniature import bundled
 
-        folder = digits.PIPELINE_DIR
+        folder = bundled(spec.source.removeprefix("bundled:"))[0]  # each miniature its own folder
     if folder is not None and Path(folder).is_dir():
         return _from_folder(Path(folder))
     if name in UNET_CONFIGS:
