@@ -109,3 +109,19 @@ def test_rows_scored_before_per_image_scores_are_rescored_by_rerunning_the_comma
     row = json.loads(path.read_text())
     assert (out / row["scores"]["per_image"]).is_file() and row["ci95"]["clip"] is not None
     assert row["metrics"]["clip"] == pytest.approx(first["table"]["clip"][0], abs=1e-12)
+
+
+def test_two_rows_of_one_seed_set_are_two_runs_not_two_replicates():
+    """Rows equal in every recorded field and seed (they differ in something no row records, e.g.
+    baselines.freeu) are refused, never averaged as seed sets; other seeds of one run still aggregate."""
+    import pandas as pd
+
+    from crdiff.report.select import COMPARABLE, AmbiguousCells, select
+
+    base = {"model": "sdxl", "setting": "unseen", "resolution": "512x512", "method": "freeu", "key": "k",
+            "experiments": ["baselines"], **{f: "same" for f in COMPARABLE}}
+    replicates = pd.DataFrame([{**base, "seed": 42}, {**base, "seed": 1042}])
+    assert len(select(replicates)) == 2
+    clash = pd.DataFrame([{**base, "seed": 42}, {**base, "seed": 42}])
+    with pytest.raises(AmbiguousCells):
+        select(clash)

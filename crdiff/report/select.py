@@ -84,7 +84,9 @@ def candidates(rows: pd.DataFrame, by: tuple[str, ...] = ()) -> dict[tuple, list
         runs: list[list[int]] = []
         for i, row in group.iterrows():
             for run in runs:
-                if all(_same(row[f], group.loc[run[0], f]) for f in fields):
+                # a seed already in the run is another run (two rows of one seed set are never one replicate)
+                if all(_same(row[f], group.loc[run[0], f]) for f in fields) and \
+                        not any(_same(row.get(REPLICATE), group.loc[j].get(REPLICATE)) for j in run):
                     run.append(i)
                     break
             else:
