@@ -57,7 +57,12 @@ def cli() -> None:
         if run.task == "search":
             from crdiff.experiment.ratio_search import run_search
 
-            for result in run_search(run):
+            try:
+                results = run_search(run)
+            except distributed.NotShared as err:  # found at start, on every rank
+                print(f"crdiff: error: {err}", file=sys.stderr)
+                sys.exit(2)
+            for result in results:
                 if "preset" not in result:  # ranks other than 0 write nothing
                     continue
                 v = result["validation"]

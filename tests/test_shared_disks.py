@@ -123,14 +123,16 @@ def test_generate_all_returns_only_when_every_image_exists(tmp_path, monkeypatch
 
 
 @pytest.mark.slow
-def test_a_launch_whose_ranks_see_different_output_dirs_stops_at_start(tmp_path):
-    """Two SLURM tasks of one job, each with its own node-local folder: both stop with one line, no image."""
+@pytest.mark.parametrize("command", [["experiment=smoke", "metrics=none"], ["experiment=search_smoke"]],
+                         ids=["table job", "search"])
+def test_a_launch_whose_ranks_see_different_output_dirs_stops_at_start(tmp_path, command):
+    """Two SLURM tasks of one job, each with its own node-local folder: both stop with one line, no image
+    (a search too: its ranks would resume from different state files)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "RANK", "WORLD_SIZE", "LOCAL_RANK",
                                                                       "MASTER_"))}
     job = {"SLURM_JOB_ID": str(random.randrange(10**6)), "SLURM_NTASKS": "2", "SLURM_JOB_NODELIST": "localhost",
            "SLURM_JOB_NUM_NODES": "1", "SLURM_NODEID": "0", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
-    procs = [subprocess.Popen([sys.executable, "-m", "crdiff.run", "experiment=smoke", "metrics=none",
-                               f"output_dir={tmp_path / f'node{r}'}"], cwd=ROOT, text=True,
+    procs = [subprocess.Popen([sys.executable, "-m", "crdiff.run", *command, f"output_dir={tmp_path / f'node{r}'}"], cwd=ROOT, text=True,
                               env={**env, **job, "SLURM_PROCID": str(r), "SLURM_LOCALID": str(r)},
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE) for r in (0, 1)]
     for proc in procs:

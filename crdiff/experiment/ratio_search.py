@@ -230,6 +230,8 @@ def run_search(run: RunConfig) -> list[dict[str, Any]]:
     prompts = load_prompts(run.prompts.kind, run.prompts.path, run.prompts.limit, run.prompts.texts)
     ranks, device = distributed.init(run.device)
     try:
+        # every rank resumes from the same state file: a node-local output_dir would desync the walks silently
+        distributed.check_shared(Path(run.output_dir), ranks)
         pipe = run.model.load(device)
         set_scheduler(pipe, run.sampler.scheduler)
         metric = build_metric(run.search.metric, tiny=run.metrics.tiny, device=device,
