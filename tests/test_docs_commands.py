@@ -109,11 +109,15 @@ def test_documented_script_runs_or_says_why_not(command, coco, tmp_path, capsys)
             small = tiny(combo, run, coco, tmp_path)
             assert script(command.program).main(["--check", *small]) == 0, capsys.readouterr()
     elif command.program == "scripts/make_tables.py":
-        if "--results" in args:  # a finished run's rows: made here by a tiny run of the documented kind
+        if "--results" in args:  # a finished run's rows: made here by a tiny run of the experiment the command reads
             from crdiff.experiment.run import execute
 
-            (_, run), = planner.compose_runs(["experiment=smoke", "prompts.limit=2", "sampler.steps=2",
-                                              "resolutions.sets=[default]", f"output_dir={tmp_path / 'outputs'}"])
+            chosen = args[args.index("--experiment") + 1] if "--experiment" in args else "smoke"
+            fields = [a for a in args if "=" in a and not a.startswith("-")]  # FIELD=VALUE filters (k=3.0)
+            wanted = [f"experiment={chosen}", *(f"amplify.{a}" for a in fields if a.startswith("k="))]
+            (_, real), = planner.compose_runs(wanted, sweep={})
+            small = [*tiny(wanted, real, coco, tmp_path / "outputs"), "prompts.limit=2", "resolutions.sets=[default]"]
+            (_, run), = planner.compose_runs(small, sweep={})
             execute(run)
             args = [re.sub(r"^outputs$", str(tmp_path / "outputs"), a) for a in args]
         args = [str(tmp_path / "tables") if a.startswith("results/") else a for a in args]

@@ -237,8 +237,9 @@ def report(runs: list[tuple[list[str], RunConfig]], overrides: list[str] = (), t
                 missing.append(str(piece))
         for r in rows:
             left = None if r.images is None else r.images - r.done
+            steps = run.sampler.steps if r.method == SEARCH else methods.get(run, r.method).sampler().steps
             est = seconds_per_image(table, run.model.name, r.resolution, run.model.dtype, cost_class(run, r.method),
-                                    methods.get(run, r.method).sampler().steps)
+                                    steps)
             hours = None
             if est is not None and left is not None:
                 seconds, m, how = est

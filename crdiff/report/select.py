@@ -67,11 +67,11 @@ def matching(rows: pd.DataFrame, experiment: str | None = None, filters: dict | 
     a row without a value for a field (dense has no k) is not filtered on it."""
     keep = rows
     if experiment is not None:
-        keep = keep[[experiment in tuple(names) for names in keep.experiments]]
+        keep = keep.loc[[experiment in tuple(names) for names in keep.experiments]]  # .loc: an empty mask keeps the columns
     for name, value in (filters or {}).items():
         if name not in rows.columns:
             raise ValueError(f"filter field {name!r} is in no row; fields: {sorted(set(CELL + COMPARABLE) & set(rows))}")
-        keep = keep[[_missing(v) or _same(v, value) for v in keep[name]]]
+        keep = keep.loc[[_missing(v) or _same(v, value) for v in keep[name]]]
     return keep
 
 
