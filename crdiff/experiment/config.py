@@ -241,9 +241,7 @@ class RatioSearchConfig:
         self.settings()  # validates the constants
 
     def settings(self):
-        from crdiff.search import SearchConfig
-
-        from crdiff.search import REF_ORDER
+        from crdiff.search import REF_ORDER, SearchConfig
 
         variables = (*REF_ORDER, "k") if self.search_k else REF_ORDER  # REF's order decides the walk
         anneal = dict(self.anneal)

@@ -4,7 +4,8 @@ registered by name in REGISTRY: adding a method is one class and one line there.
 dense          the pipeline as loaded
 crdiff         block-wise pruning + POA (`pruning`, `amplify`)
 bwp            block-wise pruning alone (k = 1)
-uniform        POA with one ratio for all groups (the mean of `pruning.ratios`, or `baselines.uniform_ratio`)
+uniform        POA with one ratio for all groups: the block-wise total sparsity (weighted by each group's
+               targeted weights), or `baselines.uniform_ratio`
 random_mask    POA with a random mask of the same per-group sparsity (a "generic bad model")
 wanda          POA with activation-aware pruning (|w|·||x||, Wanda) at the same ratios
 freeu          FreeU (diffusers' built-in), per-model values of `baselines.freeu`
