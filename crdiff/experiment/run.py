@@ -129,15 +129,14 @@ def generate_all(p: Plan, ranks: distributed.Ranks, device: str) -> int:
     shared dense images, the same command twice) split the work and a dead job's claims are taken
     over. It returns once every image exists; the model loads only if something is left to make.
     """
-    from crdiff.experiment.sampling import identity, image_path, is_done, mark_done, verified
+    from crdiff.experiment.sampling import is_done, mark_done, recorded, verified
 
     n, size, seed = len(p.prompts), p.run.sampler.batch_size, p.run.sampler.seed
-    ids = [identity(p.prompts, i, seed) for i in range(n)]
     known = {job.folder: verified(job.folder) for job in p.jobs}
 
-    def done(job: Job, i: int) -> bool:  # recorded complete and still there, else checked (and decoded)
+    def done(job: Job, i: int) -> bool:  # recorded complete and unchanged on disk (a stat), else decoded
         mark = known[job.folder]
-        return (i < len(mark) and mark[i] == ids[i] and image_path(job.folder, i).exists()) or \
+        return (i < len(mark) and mark[i] == recorded(job.folder, p.prompts, i, seed)) or \
             is_done(job.folder, p.prompts, i, seed)
 
     order = []
@@ -157,8 +156,7 @@ def generate_all(p: Plan, ranks: distributed.Ranks, device: str) -> int:
                 held_elsewhere.append((job, batch))
         if not held_elsewhere:
             for job in p.jobs:
-                if known[job.folder][:n] != ids:
-                    mark_done(job.folder, p.prompts, seed)
+                mark_done(job.folder, p.prompts, seed)  # writes only when the record changes
             return maker.close()
         if not waited:
             log.info("waiting for %d batches claimed by other processes", len(held_elsewhere))

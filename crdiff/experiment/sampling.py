@@ -97,9 +97,18 @@ def verified(folder: Path) -> list[str]:
         return []
 
 
+def recorded(folder: Path, prompts: PromptSet, index: int, seed: int) -> str | None:
+    """What DONE records of image `index` as it is on disk: its identity and its PNG's byte size (a file
+    truncated or rewritten since no longer matches, and is then decoded), or None if it is missing."""
+    try:
+        return f"{identity(prompts, index, seed)}:{image_path(folder, index).stat().st_size}"
+    except OSError:
+        return None
+
+
 def mark_done(folder: Path, prompts: PromptSet, seed: int) -> None:
     """Record that images 0..n-1 are complete (kept when a longer run of the same prompts recorded more)."""
-    have, mine = verified(folder), [identity(prompts, i, seed) for i in range(len(prompts))]
+    have, mine = verified(folder), [recorded(folder, prompts, i, seed) for i in range(len(prompts))]
     if have[: len(mine)] != mine:
         atomic.write_json(folder / DONE, {"images": mine})
 
