@@ -268,3 +268,16 @@ def test_intervals_and_mcnemar_against_scipy():
     assert (test["only_dense"], test["only_method"]) == (1, 5)
     assert test["p"] == pytest.approx(stats.binomtest(5, 6, 0.5).pvalue) == pytest.approx(0.21875)
     assert intervals.mcnemar(dense, dense)["p"] == 1.0
+
+
+def test_per_image_values_of_one_image_keep_one_row():
+    """torchmetrics squeezes a one-element result to 0-d; per-image values stay one row per image."""
+    import torch
+
+    from crdiff.metrics.base import PerImage
+
+    scores, features = PerImage(), PerImage()
+    scores.update(torch.tensor([0]), torch.tensor([0.5]))
+    features.update(torch.tensor([0]), torch.zeros(1, 4))
+    assert [t.shape for t in scores.compute()] == [torch.Size([1]), torch.Size([1])]
+    assert [t.shape for t in features.compute()] == [torch.Size([1]), torch.Size([1, 4])]

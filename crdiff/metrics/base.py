@@ -26,6 +26,16 @@ class PerImage(Metric):
 
     full_state_update = False
 
+    def _wrap_compute(self, compute):
+        wrapped = super()._wrap_compute(compute)
+
+        def one_row_per_image(*args, **kwargs):  # torchmetrics squeezes a one-image result to 0-d
+            index, value = wrapped(*args, **kwargs)
+            index = index.reshape(-1)
+            return index, value.reshape(len(index), *value.shape[1:]) if value.ndim else value.reshape(1)
+
+        return one_row_per_image
+
     def __init__(self) -> None:
         super().__init__()
         self.add_state("index", default=[], dist_reduce_fx="cat")
