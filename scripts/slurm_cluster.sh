@@ -79,7 +79,7 @@ up() {
   install
   configure
   running $MUNGE_PID || su -s /bin/sh munge -c munged
-  running "$DIR/slurmctld.pid" || slurmctld
+  running "$DIR/slurmctld.pid" || slurmctld -c  # -c: a cold start, no jobs recovered from an earlier, killed cluster
   for node in "$HOST" "$HOST-2"; do
     running "$DIR/slurmd-$node.pid" || slurmd -N "$node"
   done
