@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(if $(TORCH_CUDA),$(BIN)/pip install --quiet torch==2.14.1 torchvision==0.29.1 --index-url https://download.pytorch.org/whl/$(TORCH_CUDA))
-	$(BIN)/pip install --quiet -e '.[dev,launchers,metrics]'
+	$(BIN)/pip install --quiet -e '.[dev,launchers,metrics,hidiffusion]'
 	touch $@
 
 # The main job: the miniature (a digits model crdiff trained at 32x32) offline on the CPU. 1. a short

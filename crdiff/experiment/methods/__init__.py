@@ -15,6 +15,7 @@ native_resize  the dense pipeline at its training size (or nearest trained aspec
 dense_steps2x  dense with twice the steps (CR-Diff's denoiser passes)            } controls
 dense_cfg<s>   dense at guidance scale s, e.g. dense_cfg5 (a family: FAMILIES)    } (methods/controls.py)
 dense_sizecond SDXL's original_size / target_size set to its training size       }
+hidiffusion    HiDiffusion (PyPI `hidiffusion`, optional extra), SD1.5 and SDXL only
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from crdiff.experiment.methods.base import Method
 from crdiff.experiment.methods.controls import DenseGuidance, DenseSizeCond, DenseSteps2x
 from crdiff.experiment.methods.entropy import Entropy
 from crdiff.experiment.methods.freeu import FreeU
+from crdiff.experiment.methods.hidiffusion import HiDiffusion
 from crdiff.experiment.methods.native_resize import NativeResize
 from crdiff.experiment.methods.pruned import BlockwisePruning, CRDiff, RandomMask, Uniform, Wanda
 from crdiff.models import Resolution
@@ -43,6 +45,7 @@ REGISTRY: dict[str, type[Method]] = {m.name: m for m in (
     NativeResize,
     DenseSteps2x,
     DenseSizeCond,
+    HiDiffusion,
 )}
 # Families: one class for many names, the name carrying its parameter (`dense_cfg5`: guidance 5).
 FAMILIES: dict[str, type[Method]] = {m.name: m for m in (DenseGuidance,)}
