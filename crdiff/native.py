@@ -93,6 +93,8 @@ def pipeline_changes(pipe: Any) -> list[str]:
     changes = ["CR-Diff (apply_crdiff)"] if is_crdiff(pipe) else []
     if any(getattr(block, "b1", None) is not None for block in getattr(denoiser, "up_blocks", ())):
         changes.append("FreeU (enable_freeu)")
+    if any(hasattr(m, "_parent") for m in denoiser.modules()):  # the class hidiffusion swapped in keeps its own
+        changes.append("HiDiffusion (apply_hidiffusion)")
     hooked = [name for name, m in denoiser.named_modules()
               if any(h.startswith("crdiff_") for h in getattr(getattr(m, "_diffusers_hook", None), "hooks", {}))]
     if hooked and not changes:  # crdiff's other hooks (e.g. entropy scaling); diffusers' offloading is fine
@@ -100,8 +102,9 @@ def pipeline_changes(pipe: Any) -> list[str]:
     return changes
 
 
-def check_unchanged(pipe: Any) -> None:
-    """native_resize is defined on the pipeline as loaded: a changed denoiser is refused, not combined.
+def check_unchanged(pipe: Any, method: str = "native_resize") -> None:
+    """native_resize (or HiDiffusion) is defined on the pipeline as loaded: a changed denoiser is refused,
+    not combined.
 
     The changes crdiff makes are tuned for the *target* resolution (CR-Diff's ratios and k are searched
     per resolution, entropy scaling reads the target's token count): run at the bucket instead, they
@@ -109,9 +112,9 @@ def check_unchanged(pipe: Any) -> None:
     """
     changes = pipeline_changes(pipe)
     if changes:
-        raise ValueError(f"native_resize draws with the dense pipeline, but this one is changed: {', '.join(changes)}; "
+        raise ValueError(f"{method} draws with the dense pipeline, but this one is changed: {', '.join(changes)}; "
                          "remove it first (crdiff.remove_crdiff(pipe), pipe.disable_freeu()). CR-Diff and "
-                         "native_resize are alternatives for one target size, not a combination")
+                         f"{method} are alternatives for one target size, not a combination")
 
 
 def native_resize(pipe: Any, target: Resolution, rule: NativeRule, **call: Any) -> list[Image.Image]:

@@ -52,8 +52,10 @@ def test_every_experiment_runs_end_to_end_and_scores(experiment, tmp_path):
             assert Path(result["preset"]).parent == tmp_path / "presets" / "pruning"
             assert Path(result["preset"]).is_file() and result["validation"]["images"] >= 2
         return
-    table = execute(run)["table"]
-    want = {(m, str(r)) for m in run.methods for _, r in run.resolutions.selected()}
+    result = execute(run)
+    table, left_out = result["table"], result["not_applicable"]
+    assert set(left_out) <= set(run.methods_if_supported)  # HiDiffusion on a tiny model: tests/test_hidiffusion.py
+    want = {(m, str(r)) for m in run.methods if m not in left_out for _, r in run.resolutions.selected()}
     assert set(zip(table.method, table.resolution)) == want and (table.n_images == 2).all()
     assert run.metrics.names, f"{experiment} scores nothing"
     for name in run.metrics.names:

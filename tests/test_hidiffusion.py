@@ -1,10 +1,12 @@
-"""HiDiffusion from its PyPI package on a full-size SD1.5-architecture UNet (random weights, in memory):
-it changes the images, and removal restores dense bit for bit, including what remove_hidiffusion leaves."""
+"""HiDiffusion from its PyPI package (crdiff/experiment/methods/hidiffusion.py): on a full-size SD1.5-architecture
+UNet (random weights, in memory) it changes the images and removal restores dense bit for bit, including what
+remove_hidiffusion leaves; every model it does not support and every combination is refused before any work."""
 
 import pytest
 import torch
 
 from crdiff.experiment import methods
+from crdiff.experiment.run import plan
 from crdiff.models import Resolution, random_unet
 
 from test_run import compose_run
@@ -30,39 +32,70 @@ def draw(pipe):
                 generator=torch.Generator().manual_seed(0), output_type="pt").images
 
 
+def state(pipe):
+    """Every module's class and attribute values, the pipeline's attributes and config."""
+    unet = {name: (type(m), dict(vars(m))) for name, m in pipe.unet.named_modules()}
+    return unet, dict(vars(pipe)), dict(pipe.config)
+
+
 @pytest.mark.slow
 def test_hidiffusion_changes_the_images_and_removes_to_dense_bit_for_bit():
     pipe, run = sd15_architecture(), compose_run("experiment=smoke", "model=sd15")
-    attributes = {name: set(vars(m)) for name, m in pipe.unet.named_modules()}
-    upsamplers, dense = pipe.unet.num_upsamplers, draw(pipe)
-    methods.apply(pipe, run, "hidiffusion", Resolution(256, 256))
-    changed = draw(pipe)
-    assert pipe.unet.num_upsamplers == upsamplers + 12 and pipe.name_or_path is None  # its id only during apply
-    methods.remove(pipe)
-    assert not torch.equal(changed, dense) and torch.equal(draw(pipe), dense)
-    assert pipe.unet.num_upsamplers == upsamplers and not hasattr(pipe, "info")
-    assert {name: set(vars(m)) for name, m in pipe.unet.named_modules()} == attributes
-    methods.apply(pipe, run, "hidiffusion", Resolution(256, 256))  # again: the same patch, not 12 more upsamplers
-    try:
-        assert pipe.unet.num_upsamplers == upsamplers + 12 and torch.equal(draw(pipe), changed)
-    finally:
+    before, upsamplers, dense = state(pipe), pipe.unet.num_upsamplers, draw(pipe)
+    for attempt in range(2):  # apply / remove twice: nothing accumulates (remove_hidiffusion adds 12 each time)
+        methods.apply(pipe, run, "hidiffusion", Resolution(256, 256))
+        assert pipe.unet.num_upsamplers == upsamplers + 12 and pipe.name_or_path is None  # its id only in apply
+        changed = draw(pipe)
         methods.remove(pipe)
+        assert state(pipe) == before and pipe.unet.num_upsamplers == upsamplers and not hasattr(pipe, "info")
+        assert torch.equal(draw(pipe), dense)
+        if attempt == 0:
+            first = changed
+    assert not torch.equal(first, dense) and torch.equal(changed, first)  # the window shifts are reseeded per call
 
 
 @pytest.mark.parametrize("model", ["sd21", "tiny-sd15", "tiny-sdxl", "digits"])
-def test_hidiffusion_refuses_models_it_does_not_support(model):
-    from crdiff.experiment.run import plan
-
-    with pytest.raises(ValueError, match=f"hidiffusion' supports models \\['sd15', 'sdxl'\\]; '{model}'"):
+def test_hidiffusion_refuses_models_it_does_not_support_at_plan_time(model):
+    with pytest.raises(ValueError, match=rf"method 'hidiffusion' supports models \['sd15', 'sdxl'\]; '{model}' is not"):
         plan(compose_run("experiment=smoke", f"model={model}", "methods=[dense,hidiffusion]", "prompts.limit=1"))
 
 
-def test_hidiffusion_refuses_a_changed_pipeline(tiny_pipes):
-    """Combinations are refused before hidiffusion looks at the UNet (a tiny one is enough to show it)."""
-    run, pipe = compose_run("experiment=smoke", "model=sd15"), tiny_pipes("sdxl")
-    methods.apply(pipe, run, "freeu", Resolution(64, 64))
+def test_baselines_plans_hidiffusion_where_supported_and_says_why_not_elsewhere(tmp_path):
+    """experiment=baselines lists it in methods_if_supported: planned beside CR-Diff and the controls on sdxl,
+    left out with its reason on sd21 (`python -m crdiff.run task=plan experiment=baselines`, as documented)."""
+    from crdiff.experiment.planner import rows_of
+    from test_run import cli
+
+    common = ("experiment=baselines", "prompts=builtin", "prompts.limit=1", "metrics=none", f"output_dir={tmp_path}")
+    rows, notes = rows_of(compose_run(*common, "model=sdxl"))
+    assert {"crdiff", "hidiffusion", "dense_steps2x", "dense_cfg5", "dense_sizecond"} <= {r.method for r in rows}
+    assert not notes
+    done = cli("task=plan", *common, "model=sd21")
+    assert done.returncode == 0, done.stderr
+    planned = {line.split()[1] for line in done.stdout.splitlines() if line.startswith("sd21 ")}
+    assert "crdiff" in planned and planned.isdisjoint({"hidiffusion", "dense_sizecond"})
+    assert "note: hidiffusion: not applicable to sd21, left out (methods_if_supported): it supports models" in done.stdout
+    assert "note: dense_sizecond: not applicable to sd21" in done.stdout
+
+
+def test_hidiffusion_refuses_another_architecture_and_a_changed_pipeline(tiny_pipes):
+    """Before hidiffusion touches the UNet (a tiny one is enough to show it): a UNet that is not the run's
+    model's architecture, and a pipeline another method changed (HiDiffusion is an alternative)."""
+    pipe = tiny_pipes("sd15")
+    upsamplers = pipe.unet.num_upsamplers
+    with pytest.raises(ValueError, match=r"this UNet is not the sd15 architecture it patches \(no module "):
+        methods.apply(pipe, compose_run("experiment=smoke", "model=sd15"), "hidiffusion", Resolution(64, 64))
+    assert not hasattr(pipe, "info") and pipe.unet.num_upsamplers == upsamplers
+    methods.apply(pipe, compose_run("experiment=smoke", "model=tiny-sd15"), "freeu", Resolution(64, 64))
     try:
-        with pytest.raises(ValueError, match="changed: FreeU"):
-            methods.apply(pipe, run, "hidiffusion", Resolution(64, 64))
+        with pytest.raises(ValueError, match=r"hidiffusion draws with the dense pipeline, but this one is changed: "
+                                             r"FreeU"):
+            methods.apply(pipe, compose_run("experiment=smoke", "model=sd15"), "hidiffusion", Resolution(64, 64))
     finally:
         methods.remove(pipe)
+
+
+def test_hidiffusion_costs_one_pass_per_step_and_keys_its_package():
+    method = methods.get(compose_run("experiment=smoke", "model=sd15", "sampler.steps=30"), "hidiffusion")
+    assert method.passes(Resolution(768, 768)) == 30 and method.cost_class() == "dense"
+    assert method.settings() == {"hidiffusion": "0.1.10", "raunet": True, "window_attn": True, "shift_seed": 0}

@@ -286,6 +286,8 @@ class RunConfig:
     baselines: BaselinesConfig = field(default_factory=BaselinesConfig)
     task: str = "generate"  # generate (dense vs methods) | search (ratios by simulated annealing) | plan (print the jobs)
     methods: list[str] = field(default_factory=lambda: ["dense", "crdiff"])
+    # methods left out (task=plan and the log say why) on a model they do not support; any other is refused
+    methods_if_supported: list[str] = field(default_factory=list)
     experiment: str = "default"
     output_dir: str = "outputs"
     device: str = "auto"
@@ -298,7 +300,7 @@ class RunConfig:
             raise ValueError("methods is empty; list at least one (dense, crdiff, ...)")
         from crdiff.experiment import methods
 
-        for m in self.methods:
+        for m in (*self.methods, *self.methods_if_supported):
             methods.get(self, m)  # an unknown name, a family member without its value
         _choice("task", self.task, ("generate", "search", "plan"))
         if self.task == "search" and self.pruning.criterion == "wanda":

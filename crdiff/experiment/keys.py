@@ -19,6 +19,7 @@ from typing import Any
 # sits in a key.
 EXCLUDED = frozenset({
     "RunConfig.device", "RunConfig.output_dir", "RunConfig.experiment", "RunConfig.task", "RunConfig.methods",
+    "RunConfig.methods_if_supported",
     "RunConfig.wandb", "RunConfig.lease_min",
     "SamplerConfig.batch_size",
     # act through the ratios they resolve per resolution, and those join the key (crdiff.experiment.presets)

@@ -196,19 +196,22 @@ def rows_of(run: RunConfig) -> tuple[list[Row], list[str]]:
     """The jobs of one run, and why a job's count or folder is unknown (a missing prompt file)."""
     if run.task == "search":
         return search_rows(run)
+    planned, not_applicable = methods.planned(run)
+    notes = [f"{m}: not applicable to {run.model.name}, left out (methods_if_supported): it {why}"
+             for m, why in not_applicable.items()]
     try:
         p = plan(run)
     except ValueError as err:
         n = run.prompts.limit
         note = f"{err}" + ("" if n else "; pass prompts.limit=N to plan N prompts per job")
-        return [Row(run.model.name, m, res, n, 0, "?") for m in run.methods for _, res in
-                run.resolutions.selected()], [note]
+        return [Row(run.model.name, m, res, n, 0, "?") for m in planned for _, res in
+                run.resolutions.selected()], [note, *notes]
     rows = []
     for job in p.jobs:
         done, size = _done(job.folder, len(p.prompts))
         rows.append(Row(run.model.name, job.method, job.resolution, len(p.prompts), done, str(job.folder),
                         bytes_per_image=size))
-    return rows, []
+    return rows, notes
 
 
 def _fmt_bytes(n: float) -> str:

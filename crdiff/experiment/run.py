@@ -51,6 +51,7 @@ class Plan:
     jobs: list[Job]
     output_dir: Path
     weights: dict[str, str | None] = field(default_factory=dict)  # job key -> pruned weights this rank held
+    not_applicable: dict[str, str] = field(default_factory=dict)  # methods left out for this model -> why
 
 
 def plan(run: RunConfig) -> Plan:
@@ -72,8 +73,10 @@ def plan(run: RunConfig) -> Plan:
         for _, res in run.resolutions.selected():
             MODELS[run.model.name].check(res)
     presets.report(run, [res for _, res in run.resolutions.selected()])
-    jobs = []
-    for method in run.methods:
+    jobs, (planned, not_applicable) = [], methods.planned(run)
+    for method, why in not_applicable.items():
+        log.info("method %s is not applicable to model %s and is left out: %s", method, run.model.name, why)
+    for method in planned:
         m = methods.get(run, method)
         m.check()
         for setting, res in run.resolutions.selected():
@@ -84,7 +87,7 @@ def plan(run: RunConfig) -> Plan:
             key = run_key(images=images_key, prompts=prompt_key, resolution=str(res), metrics=run.metrics,
                           metrics_version=METRICS_VERSION)
             jobs.append(Job(method, setting, res, key, images / str(res)))
-    return Plan(run, prompts, jobs, out)
+    return Plan(run, prompts, jobs, out, not_applicable=not_applicable)
 
 
 def plan_search(run: RunConfig) -> Plan:
@@ -361,4 +364,4 @@ def execute(run: RunConfig, p: Plan | None = None) -> dict[str, Any]:
         ranks.barrier()
     finally:
         distributed.shutdown()
-    return {**counts, "table": table, "output_dir": str(p.output_dir)}
+    return {**counts, "table": table, "output_dir": str(p.output_dir), "not_applicable": p.not_applicable}

@@ -15,7 +15,7 @@ native_resize  the dense pipeline at its training size (or nearest trained aspec
 dense_steps2x  dense with twice the steps (CR-Diff's denoiser passes)            } controls
 dense_cfg<s>   dense at guidance scale s, e.g. dense_cfg5 (a family: FAMILIES)    } (methods/controls.py)
 dense_sizecond SDXL's original_size / target_size set to its training size       }
-hidiffusion    HiDiffusion (PyPI `hidiffusion`, optional extra), SD1.5 and SDXL only
+hidiffusion    HiDiffusion (its PyPI package, the optional extra `hidiffusion`), SD1.5 and SDXL only
 """
 
 from __future__ import annotations
@@ -62,6 +62,19 @@ def get(run, name: str) -> Method:
         raise ValueError(f"unknown method {name!r}; valid choices: {sorted(REGISTRY)} and "
                          f"{[f + '<value>' for f in FAMILIES]}")
     return FAMILIES[family].parse(run, name)
+
+
+def planned(run) -> tuple[list[str], dict[str, str]]:
+    """The methods `run` plans, and those left out as not applicable to its model (name: why). A method
+    that does not support the model is left out when `methods_if_supported` lists it, else refused."""
+    keep, left_out = [], {}
+    for name in run.methods:
+        why = get(run, name).unsupported()
+        if why and name in run.methods_if_supported:
+            left_out[name] = why
+        else:
+            keep.append(name)
+    return keep, left_out
 
 
 def pruning_settings(run, name: str, resolution: Resolution | None = None) -> CRDiffConfig | None:

@@ -40,8 +40,16 @@ class Method:
         """Extra arguments of the pipeline call (none: the pipeline's defaults)."""
         return {}
 
+    def unsupported(self) -> str | None:
+        """Why the run's model is one this method does not apply to (None: it applies)."""
+        return None
+
     def check(self) -> None:
         """Refuse, before any model loads, a run this method does not apply to."""
+        why = self.unsupported()
+        if why:
+            raise ValueError(f"method {self.name!r} {why}; drop it from methods, or list it in "
+                             "methods_if_supported to leave it out on models it does not support")
 
     def apply(self, pipe, resolution: Resolution) -> None:
         """Put the dense `pipe` in this method for images of `resolution`."""

@@ -56,10 +56,11 @@ class DenseSizeCond(Method):
 
     name = "dense_sizecond"
 
-    def check(self) -> None:
-        if self.run.model.name not in SIZE_CONDITIONED:
-            raise ValueError(f"method {self.name!r} sets SDXL's size micro-conditioning; model {self.run.model.name!r} "
-                             f"has none (models with it: {list(SIZE_CONDITIONED)}); drop it from methods")
+    def unsupported(self) -> str | None:
+        if self.run.model.name in SIZE_CONDITIONED:
+            return None
+        return (f"sets SDXL's size micro-conditioning; model {self.run.model.name!r} has none (models with it: "
+                f"{list(SIZE_CONDITIONED)})")
 
     def settings(self, resolution: Resolution | None = None) -> dict[str, Any]:
         return {"size_conditioning": str(train_resolution(self.run))}

@@ -1,34 +1,41 @@
-"""`hidiffusion`: HiDiffusion (Zhang et al. 2024: RAU-Net + MSW-MSA), from its PyPI package `hidiffusion`
-(the optional extra `pip install crdiff[hidiffusion]`, pinned to 0.1.10), for SD1.5 and SDXL.
+"""`hidiffusion`: HiDiffusion (Zhang et al., ECCV 2024: RAU-Net + MSW-MSA) from its PyPI package
+(`pip install 'crdiff[hidiffusion]'`, pinned to 0.1.10), on SD1.5 and SDXL. docs/config.md, "HiDiffusion".
 
-The compatibility layer, the smallest that works with diffusers 0.42.1:
-1. hidiffusion imports `diffusers.pipelines.controlnet.multicontrolnet`, which diffusers moved to
-   `diffusers.models.controlnets.multicontrolnet`: the old name is aliased to the new module.
-2. it picks its patch by `pipe.name_or_path` (hub ids) or by the full module names of an SD1.5 / SDXL
-   UNet, and fails with a TypeError on a pipeline built in memory (`name_or_path` None): the run's model
-   names the published id for the duration of `apply_hidiffusion`, then the pipeline's own is restored.
-3. `remove_hidiffusion` restores the classes and hooks but never undoes `num_upsamplers += 12`, the
-   attributes it sets on every module (`info`, `model`, timestep counters) or `pipe.info`; each apply adds
-   12 more. `remove` here puts all of that back, so the pipeline is dense again bit for bit.
-
-Its SD2.1 support is `stable-diffusion-2-1-base` (512, epsilon), not the 768 v-prediction model behind
-`sd21`; that, the tiny stand-ins, the miniature and DiTs are refused, and so is a pipeline another
-method changed (HiDiffusion is an alternative, not a combination).
+The compatibility layer, the smallest that lets 0.1.10 run on diffusers 0.42.1:
+1. `hidiffusion` imports `diffusers.pipelines.controlnet.multicontrolnet`, which diffusers moved to
+   `diffusers.models.controlnets.multicontrolnet`: the old name is aliased to the new module (`MOVED`).
+2. it picks its patch by `pipe.name_or_path` (a published hub id) or else by the module names of an
+   SD1.5 / SDXL UNet, and then reads `'inpainting' in pipe.name_or_path`, a TypeError on a pipeline built
+   in memory (None). The run's model names the published id (`SUPPORTED`) for the duration of
+   `apply_hidiffusion`, then the pipeline's own config comes back.
+3. `remove_hidiffusion` restores the classes and removes its hook, but never undoes `num_upsamplers += 12`,
+   the attributes it sets on every module (`info`, `model`, step counters) or `pipe.info`, and each apply
+   adds 12 more upsamplers. `remove` here puts every module's attributes and class back as they were.
+4. MSW-MSA draws each block's window shift from torch's global generator, shared by the batch; crdiff
+   reseeds that generator at the first denoiser call of every pipeline call (`SHIFT_SEED`), so an image
+   depends on its own seed only, not on the batch it was drawn in, its rank or what ran before.
 """
 
 from __future__ import annotations
 
 import importlib
 import sys
+from importlib import metadata
+from typing import Any
+
+import torch
+from diffusers.configuration_utils import FrozenDict
 
 from crdiff import native
 from crdiff.experiment.methods.base import Method, unet_of
 from crdiff.models import Resolution
 
-# The published ids hidiffusion recognises, for the registry's models it supports.
+# The registry's models HiDiffusion supports, by the published id it recognises. Its SD2.1 is
+# stable-diffusion-2-1-base (512x512, epsilon), not the 768 v-prediction model behind `sd21`.
 SUPPORTED = {"sd15": "runwayml/stable-diffusion-v1-5", "sdxl": "stabilityai/stable-diffusion-xl-base-1.0"}
-STATE = "_crdiff_hidiffusion"  # on the pipeline while applied: what `remove` restores
 MOVED = {"diffusers.pipelines.controlnet.multicontrolnet": "diffusers.models.controlnets.multicontrolnet"}
+SHIFT_SEED = 0  # the window shifts' generator at the start of every pipeline call
+STATE = "_crdiff_hidiffusion"  # on the pipeline while applied: what `remove` restores
 
 
 def hidiffusion():
@@ -45,45 +52,88 @@ def hidiffusion():
                          "(hidiffusion==0.1.10)") from None
 
 
+def snapshot(module: torch.nn.Module) -> dict[str, Any]:
+    """Everything hidiffusion may change on `module` and its submodules: classes and attribute values."""
+    return {name: (type(m), dict(vars(m))) for name, m in module.named_modules()}
+
+
+def restore(module: torch.nn.Module, state: dict[str, Any]) -> None:
+    """`module` back to `snapshot`'s state (classes, attributes added or reassigned)."""
+    for name, m in module.named_modules():
+        cls, before = state[name]
+        m.__class__ = cls
+        now = vars(m)
+        for key in set(now) - set(before):
+            del now[key]
+        now.update((key, value) for key, value in before.items() if now.get(key) is not value)
+
+
 class HiDiffusion(Method):
-    """HiDiffusion's RAU-Net and windowed self-attention patches on the UNet, removed exactly."""
+    """HiDiffusion's resolution-aware UNet and windowed self-attention, applied by its package and
+    removed exactly. One denoiser pass per step, as dense."""
 
     name = "hidiffusion"
 
+    def unsupported(self) -> str | None:
+        if self.run.model.name in SUPPORTED:
+            return None
+        return (f"supports models {sorted(SUPPORTED)}; {self.run.model.name!r} is not one (its SD2.1 is "
+                "stable-diffusion-2-1-base, not sd21's 768 v-prediction model; it patches the full-size UNets "
+                "by module name, which tiny stand-ins, miniatures and DiTs do not have)")
+
     def check(self) -> None:
-        if self.run.model.name not in SUPPORTED:
-            raise ValueError(f"method 'hidiffusion' supports models {sorted(SUPPORTED)}; {self.run.model.name!r} is "
-                             "not one (sd21 is the 768 v-prediction model, HiDiffusion's is 2-1-base; tiny "
-                             "stand-ins and DiTs have no architecture it patches)")
+        super().check()
         hidiffusion()
+
+    def settings(self, resolution: Resolution | None = None) -> dict[str, Any]:
+        return {"hidiffusion": metadata.version("hidiffusion"), "raunet": True, "window_attn": True,
+                "shift_seed": SHIFT_SEED}
 
     def apply(self, pipe, resolution: Resolution) -> None:
         self.check()
-        native.check_unchanged(pipe)  # a changed pipeline is refused, not combined
+        native.check_unchanged(pipe, self.name)  # an alternative to CR-Diff, FreeU, ...: not combined with them
         unet = unet_of(pipe, self.name)
-        state = {"modules": {m: set(vars(m)) for m in unet.modules()}, "pipe": set(vars(pipe)),
-                 "num_upsamplers": unet.num_upsamplers, "name_or_path": pipe.name_or_path}
-        pipe.register_to_config(_name_or_path=SUPPORTED[self.run.model.name])
+        model = self.run.model.name
+        missing = set(getattr(hidiffusion().hidiffusion, f"{model}_module_key")) - dict(unet.named_modules()).keys()
+        if missing:  # its own test of the architecture: it would patch whichever of its blocks exist
+            raise ValueError(f"method 'hidiffusion': this UNet is not the {model} architecture it patches "
+                             f"(no module {sorted(missing)[0]!r})")
+        state = {"unet": snapshot(unet), "pipe": (type(pipe), dict(vars(pipe)))}
+        setattr(pipe, STATE, state)
+        pipe._internal_dict = FrozenDict({**pipe.config, "_name_or_path": SUPPORTED[self.run.model.name]})  # (2)
         try:
             hidiffusion().apply_hidiffusion(pipe)
         except Exception:
-            setattr(pipe, STATE, state)
             self.remove(pipe)
             raise
         finally:
-            pipe.register_to_config(_name_or_path=state["name_or_path"])
-        setattr(pipe, STATE, state)
+            pipe._internal_dict = state["pipe"][1]["_internal_dict"]
+        state["seed"] = unet.register_forward_pre_hook(reseed(pipe))
 
     @classmethod
     def remove(cls, pipe) -> None:
-        state = vars(pipe).pop(STATE, None)
+        state = vars(pipe).get(STATE)
         if state is None:
             return
-        hidiffusion().remove_hidiffusion(pipe)  # classes and hooks
-        unet = pipe.unet
-        for module in unet.modules():  # what remove_hidiffusion leaves behind
-            for name in set(vars(module)) - state["modules"].get(module, set()):
-                delattr(module, name)
-        for name in set(vars(pipe)) - state["pipe"]:
-            delattr(pipe, name)
-        unet.num_upsamplers = state["num_upsamplers"]
+        if "seed" in state:
+            state["seed"].remove()
+        hidiffusion().remove_hidiffusion(pipe)  # its hook on the UNet
+        restore(pipe.unet, state["unet"])  # (3) what remove_hidiffusion leaves behind
+        pipe_cls, before = state["pipe"]
+        pipe.__class__ = pipe_cls
+        for key in set(vars(pipe)) - set(before):
+            delattr(pipe, key)
+
+
+def reseed(pipe):
+    """A UNet pre-hook: torch's global generator at SHIFT_SEED before the first denoiser call of each
+    pipeline call (hidiffusion counts calls modulo the pipeline's `_num_timesteps` the same way)."""
+    calls = 0
+
+    def hook(module, args) -> None:
+        nonlocal calls
+        if calls % pipe._num_timesteps == 0:
+            torch.manual_seed(SHIFT_SEED)
+        calls += 1
+
+    return hook
