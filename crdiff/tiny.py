@@ -165,6 +165,25 @@ def build(kind: str, seed: int = 0):
     )
 
 
+def with_real_unet(kind: str, dtype: torch.dtype = torch.float32, device: str = "cpu"):
+    """The tiny `kind` pipeline (sd15 | sdxl) around its real UNet architecture with random weights
+    (crdiff.models.random_unet), its text encoders as wide as that UNet's cross-attention: for a method
+    that patches the full-size UNet by module name (HiDiffusion). Seeded as `build`."""
+    from crdiff.models import random_unet
+
+    widths = {"sd15": {"text_encoder": 768}, "sdxl": {"text_encoder": 768, "text_encoder_2": 1280}}
+    if kind not in widths:
+        raise ValueError(f"no real-UNet pipeline of kind {kind!r}; valid choices: {sorted(widths)}")
+    tiny = build(kind)
+    parts = tiny.components
+    for name, width in widths[kind].items():  # heads of 64 channels; SDXL's pooled projection is its width
+        parts[name] = _text_encoder(name == "text_encoder_2", parts[name].config.hidden_act, hidden_size=width,
+                                    num_attention_heads=width // 64, projection_dim=width)
+    parts = {name: part.to(device, dtype) if isinstance(part, torch.nn.Module) else part for name, part in parts.items()}
+    extra = {"requires_safety_checker": False} if kind == "sd15" else {}
+    return type(tiny)(**parts, **extra, unet=random_unet(kind, dtype, device))
+
+
 def save_atomically(pipe, folder: Path, replace: bool = False) -> Path:
     """`save_pretrained` into a temporary sibling, then rename: no reader ever sees half a folder."""
     return atomic.save_folder(pipe.save_pretrained, folder, replace)

@@ -9,8 +9,11 @@
 #  5.   in one process: CR-Diff in fp16 and bf16 on the GPU (finite images, different from dense),
 #       cached pruned weights equal to on-the-fly ones, `auto` choosing the cache from the GPU's free
 #       memory, and a device move after caching refused (then remove + apply again works on the new device).
+#  6.   HiDiffusion (the `hidiffusion` extra) on the real SDXL UNet architecture (random fp16 weights, tiny
+#       text encoders and VAE; tests/test_hidiffusion.py covers SD1.5 on the CPU): 2 steps at 512x512, finite,
+#       different from dense, and removed (twice) back to dense bit for bit, num_upsamplers restored.
 # Output: results/bench/gpu_check_<card>.txt (or $OUT/...). Without nvidia-smi it runs on the CPU (card
-# "cpu"; step 5 is then skipped), which checks the script itself.
+# "cpu"; steps 5 and 6 are then skipped), which checks the script itself.
 # Usage: bash scripts/gpu_check.sh   [PYTHON=.venv/bin/python] [OUT=folder]
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -150,6 +153,40 @@ for dtype in (torch.float16, torch.bfloat16):
           f"device move refused {refused}, re-applied on cuda == cached {again_same}")
     ok &= good
 print("gpu_check paths:", "PASS" if ok else "FAIL")
+sys.exit(0 if ok else 1)
+EOF
+"$PYTHON" - <<'EOF' 2>&1 | { grep -v Warning || true; } | tee -a "$LOG" || status=1
+import sys
+
+import torch
+
+from crdiff import tiny
+from crdiff.experiment import methods
+from crdiff.experiment.config import ModelConfig, RunConfig
+from crdiff.models import Resolution
+
+if not torch.cuda.is_available():
+    print("hidiffusion sdxl: skipped (no GPU)")
+    sys.exit(0)
+pipe = tiny.with_real_unet("sdxl", torch.float16, "cuda")
+pipe.set_progress_bar_config(disable=True)
+run, size = RunConfig(model=ModelConfig(name="sdxl"), methods=["dense", "hidiffusion"]), Resolution(512, 512)
+draw = lambda: pipe(prompt=["a red bus", "two cats"], num_inference_steps=2, height=size.height, width=size.width,
+                    generator=[torch.Generator("cpu").manual_seed(i) for i in range(2)], output_type="pt").images
+upsamplers, dense, ok = pipe.unet.num_upsamplers, draw(), True
+for attempt in (1, 2):
+    methods.apply(pipe, run, "hidiffusion", size)
+    changed = draw()
+    methods.remove(pipe)
+    back = draw()
+    good = (bool(torch.isfinite(changed).all()) and not torch.equal(changed, dense) and torch.equal(back, dense)
+            and pipe.unet.num_upsamplers == upsamplers and not hasattr(pipe, "info"))
+    print(f"hidiffusion sdxl {size} fp16, round {attempt}: finite {bool(torch.isfinite(changed).all())}, "
+          f"!= dense {not torch.equal(changed, dense)} (mean |diff| {(changed - dense).abs().mean():.3f}), "
+          f"removed == dense {torch.equal(back, dense)} (max diff {(back - dense).abs().max():.2e}), "
+          f"num_upsamplers {pipe.unet.num_upsamplers} (dense {upsamplers})")
+    ok &= good
+print("gpu_check hidiffusion:", "PASS" if ok else "FAIL")
 sys.exit(0 if ok else 1)
 EOF
 echo "elapsed $((SECONDS - start)) s" | tee -a "$LOG"

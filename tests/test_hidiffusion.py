@@ -7,24 +7,10 @@ import torch
 
 from crdiff.experiment import methods
 from crdiff.experiment.run import plan
-from crdiff.models import Resolution, random_unet
+from crdiff import tiny
+from crdiff.models import Resolution
 
 from test_run import compose_run
-
-
-def sd15_architecture():
-    """A StableDiffusionPipeline around the real SD1.5 UNet (random weights), tiny text encoder (768-d) and VAE."""
-    from diffusers import PNDMScheduler, StableDiffusionPipeline
-
-    from crdiff import tiny
-
-    torch.manual_seed(0)
-    return StableDiffusionPipeline(
-        vae=tiny._vae(), text_encoder=tiny._text_encoder(hidden_size=768, num_attention_heads=12),
-        tokenizer=tiny._tokenizer(), unet=random_unet("sd15"),
-        scheduler=PNDMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, steps_offset=1,
-                                skip_prk_steps=True),
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
 
 
 def draw(pipe):
@@ -40,18 +26,20 @@ def state(pipe):
 
 @pytest.mark.slow
 def test_hidiffusion_changes_the_images_and_removes_to_dense_bit_for_bit():
-    pipe, run = sd15_architecture(), compose_run("experiment=smoke", "model=sd15")
-    before, upsamplers, dense = state(pipe), pipe.unet.num_upsamplers, draw(pipe)
-    for attempt in range(2):  # apply / remove twice: nothing accumulates (remove_hidiffusion adds 12 each time)
-        methods.apply(pipe, run, "hidiffusion", Resolution(256, 256))
-        assert pipe.unet.num_upsamplers == upsamplers + 12 and pipe.name_or_path is None  # its id only in apply
-        changed = draw(pipe)
-        methods.remove(pipe)
-        assert state(pipe) == before and pipe.unet.num_upsamplers == upsamplers and not hasattr(pipe, "info")
-        assert torch.equal(draw(pipe), dense)
-        if attempt == 0:
-            first = changed
-    assert not torch.equal(first, dense) and torch.equal(changed, first)  # the window shifts are reseeded per call
+    pipe, run = tiny.with_real_unet("sd15"), compose_run("experiment=smoke", "model=sd15")
+    dense = draw(pipe)
+    before, upsamplers = state(pipe), pipe.unet.num_upsamplers  # after a call: it sets pipe._num_timesteps etc.
+    methods.apply(pipe, run, "hidiffusion", Resolution(256, 256))
+    assert pipe.unet.num_upsamplers == upsamplers + 12 and pipe.name_or_path is None  # its id only during apply
+    changed = draw(pipe)
+    methods.remove(pipe)
+    assert not torch.equal(changed, dense) and torch.equal(draw(pipe), dense)
+    assert state(pipe) == before and pipe.unet.num_upsamplers == upsamplers and not hasattr(pipe, "info")
+    methods.apply(pipe, run, "hidiffusion", Resolution(256, 256))  # again: the same patch, not 12 more upsamplers
+    assert pipe.unet.num_upsamplers == upsamplers + 12
+    assert torch.equal(draw(pipe), changed)  # window shifts reseeded per call: not what ran before
+    methods.remove(pipe)
+    assert state(pipe) == before  # every class and attribute value as dense had them (the image above: equal)
 
 
 @pytest.mark.parametrize("model", ["sd21", "tiny-sd15", "tiny-sdxl", "digits"])

@@ -1,5 +1,5 @@
 """`hidiffusion`: HiDiffusion (Zhang et al., ECCV 2024: RAU-Net + MSW-MSA) from its PyPI package
-(`pip install 'crdiff[hidiffusion]'`, pinned to 0.1.10), on SD1.5 and SDXL. docs/config.md, "HiDiffusion".
+(`pip install 'crdiff[hidiffusion]'`, pinned to 0.1.10), on SD1.5 and SDXL. The layer and its reasons in words: docs/method.md §5, "HiDiffusion".
 
 The compatibility layer, the smallest that lets 0.1.10 run on diffusers 0.42.1:
 1. `hidiffusion` imports `diffusers.pipelines.controlnet.multicontrolnet`, which diffusers moved to
