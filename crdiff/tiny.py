@@ -179,9 +179,10 @@ def with_real_unet(kind: str, dtype: torch.dtype = torch.float32, device: str = 
     for name, width in widths[kind].items():  # heads of 64 channels; SDXL's pooled projection is its width
         parts[name] = _text_encoder(name == "text_encoder_2", parts[name].config.hidden_act, hidden_size=width,
                                     num_attention_heads=width // 64, projection_dim=width)
-    parts = {name: part.to(device, dtype) if isinstance(part, torch.nn.Module) else part for name, part in parts.items()}
+    parts["unet"] = random_unet(kind, dtype, device)
     extra = {"requires_safety_checker": False} if kind == "sd15" else {}
-    return type(tiny)(**parts, **extra, unet=random_unet(kind, dtype, device))
+    pipe = type(tiny)(**parts, **extra)
+    return pipe if (device, dtype) == ("cpu", torch.float32) else pipe.to(device, dtype)
 
 
 def save_atomically(pipe, folder: Path, replace: bool = False) -> Path:

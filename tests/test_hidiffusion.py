@@ -24,9 +24,33 @@ def state(pipe):
     return unet, dict(vars(pipe)), dict(pipe.config)
 
 
+@pytest.fixture(scope="module")
+def sd15_pipe():
+    """The real SD1.5 UNet architecture (random weights) in a pipeline with a tiny VAE and text encoder."""
+    return tiny.with_real_unet("sd15")
+
+
 @pytest.mark.slow
-def test_hidiffusion_changes_the_images_and_removes_to_dense_bit_for_bit():
-    pipe, run = tiny.with_real_unet("sd15"), compose_run("experiment=smoke", "model=sd15")
+def test_baselines_runs_hidiffusion_on_the_sd15_architecture(sd15_pipe, monkeypatch, tmp_path):
+    """`python -m crdiff.run experiment=baselines model=sd15` with the model stood in by the full-size
+    architecture (HiDiffusion refuses the tiny ones): one image, its row and its cost, dense after the run."""
+    from crdiff.experiment.config import ModelConfig
+    from crdiff.experiment.run import execute
+
+    monkeypatch.setattr(ModelConfig, "load", lambda self, device="cpu": sd15_pipe)
+    run = compose_run("experiment=baselines", "model=sd15", "methods=[hidiffusion]", "prompts=builtin",
+                      "prompts.limit=1", "metrics=none", "sampler.steps=2", "resolutions.sets=[unseen]",
+                      "resolutions.unseen=[256x256]", "device=cpu", f"output_dir={tmp_path}")
+    result = execute(run)
+    row = result["table"].set_index("method").loc["hidiffusion"]
+    assert result["generated"] == 1 and result["not_applicable"] == {} and row.n_images == 1
+    assert row.denoiser_calls == 2 * 3  # as dense: PNDM's 2 steps are 3 UNet calls, each with 2 guidance halves
+    assert row.constant_images == 0 and not hasattr(sd15_pipe, "info")  # removed after the run
+
+
+@pytest.mark.slow
+def test_hidiffusion_changes_the_images_and_removes_to_dense_bit_for_bit(sd15_pipe):
+    pipe, run = sd15_pipe, compose_run("experiment=smoke", "model=sd15")
     dense = draw(pipe)
     before, upsamplers = state(pipe), pipe.unet.num_upsamplers  # after a call: it sets pipe._num_timesteps etc.
     methods.apply(pipe, run, "hidiffusion", Resolution(256, 256))
