@@ -1,5 +1,5 @@
 """`hidiffusion`: HiDiffusion (Zhang et al., ECCV 2024: RAU-Net + MSW-MSA) from its PyPI package
-(`pip install 'crdiff[hidiffusion]'`, pinned to 0.1.10), on SD1.5 and SDXL. The layer and its reasons in words: docs/method.md §5, "HiDiffusion".
+(`pip install 'crdiff[hidiffusion]'`, pinned to 0.1.10), on SD1.5 and SDXL (docs/method.md §5, "HiDiffusion").
 
 The compatibility layer, the smallest that lets 0.1.10 run on diffusers 0.42.1:
 1. `hidiffusion` imports `diffusers.pipelines.controlnet.multicontrolnet`, which diffusers moved to
@@ -52,20 +52,19 @@ def hidiffusion():
                          "(hidiffusion==0.1.10)") from None
 
 
-def snapshot(module: torch.nn.Module) -> dict[str, Any]:
-    """Everything hidiffusion may change on `module` and its submodules: classes and attribute values."""
-    return {name: (type(m), dict(vars(m))) for name, m in module.named_modules()}
+def snapshot(obj: Any) -> tuple[type, dict[str, Any]]:
+    """What hidiffusion may change on `obj`: its class and its attribute values."""
+    return type(obj), dict(vars(obj))
 
 
-def restore(module: torch.nn.Module, state: dict[str, Any]) -> None:
-    """`module` back to `snapshot`'s state (classes, attributes added or reassigned)."""
-    for name, m in module.named_modules():
-        cls, before = state[name]
-        m.__class__ = cls
-        now = vars(m)
-        for key in set(now) - set(before):
-            del now[key]
-        now.update((key, value) for key, value in before.items() if now.get(key) is not value)
+def restore(obj: Any, state: tuple[type, dict[str, Any]]) -> None:
+    """`obj` back to its `snapshot`: the class, attributes added since removed, reassigned ones put back."""
+    cls, before = state
+    obj.__class__ = cls
+    now = vars(obj)
+    for key in set(now) - set(before):
+        del now[key]
+    now.update((key, value) for key, value in before.items() if now.get(key) is not value)
 
 
 class HiDiffusion(Method):
@@ -98,9 +97,9 @@ class HiDiffusion(Method):
         if missing:  # its own test of the architecture: it would patch whichever of its blocks exist
             raise ValueError(f"method 'hidiffusion': this UNet is not the {model} architecture it patches "
                              f"(no module {sorted(missing)[0]!r})")
-        state = {"unet": snapshot(unet), "pipe": (type(pipe), dict(vars(pipe)))}
+        state = {"pipe": snapshot(pipe), "unet": {name: snapshot(m) for name, m in unet.named_modules()}}
         setattr(pipe, STATE, state)
-        pipe._internal_dict = FrozenDict({**pipe.config, "_name_or_path": SUPPORTED[self.run.model.name]})  # (2)
+        pipe._internal_dict = FrozenDict({**pipe.config, "_name_or_path": SUPPORTED[model]})  # (2)
         try:
             hidiffusion().apply_hidiffusion(pipe)
         except Exception:
@@ -118,11 +117,9 @@ class HiDiffusion(Method):
         if "seed" in state:
             state["seed"].remove()
         hidiffusion().remove_hidiffusion(pipe)  # its hook on the UNet
-        restore(pipe.unet, state["unet"])  # (3) what remove_hidiffusion leaves behind
-        pipe_cls, before = state["pipe"]
-        pipe.__class__ = pipe_cls
-        for key in set(vars(pipe)) - set(before):
-            delattr(pipe, key)
+        for name, module in pipe.unet.named_modules():  # (3) what remove_hidiffusion leaves behind
+            restore(module, state["unet"][name])
+        restore(pipe, state["pipe"])  # pipe.info, the call's attributes, our STATE
 
 
 def reseed(pipe):
