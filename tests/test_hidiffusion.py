@@ -66,6 +66,23 @@ def test_hidiffusion_changes_the_images_and_removes_to_dense_bit_for_bit(sd15_pi
     assert state(pipe) == before  # every class and attribute value as dense had them (the image above: equal)
 
 
+def test_hidiffusion_patches_the_sdxl_architecture_and_removes_exactly(tiny_pipes):
+    """SDXL's patch on its real UNet architecture, on the meta device (no weights, no forward: the images
+    are scripts/gpu_check.sh's step 6): blocks patched, then every class and attribute back."""
+    from crdiff.models import random_unet
+
+    tiny_sdxl = tiny_pipes("sdxl")
+    pipe = type(tiny_sdxl)(**{**tiny_sdxl.components, "unet": random_unet("sdxl", meta=True)})
+    before, upsamplers = state(pipe), pipe.unet.num_upsamplers
+    methods.apply(pipe, compose_run("experiment=smoke", "model=sdxl"), "hidiffusion", Resolution(1024, 1024))
+    patched = [name for name, m in pipe.unet.named_modules() if hasattr(m, "_parent")]
+    assert len(patched) == 14 and pipe.unet.num_upsamplers == upsamplers + 12  # RAU-Net 4, MSW-MSA 10 blocks
+    assert {"down_blocks.1", "up_blocks.0.upsamplers.0.conv", "up_blocks.1.attentions.2.transformer_blocks.1"} <= set(patched)
+    assert all(m.model == "sdxl" for m in pipe.unet.modules())
+    methods.remove(pipe)
+    assert state(pipe) == before
+
+
 @pytest.mark.parametrize("model", ["sd21", "tiny-sd15", "tiny-sdxl", "digits"])
 def test_hidiffusion_refuses_models_it_does_not_support_at_plan_time(model):
     with pytest.raises(ValueError, match=rf"method 'hidiffusion' supports models \['sd15', 'sdxl'\]; '{model}' is not"):
