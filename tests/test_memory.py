@@ -101,11 +101,18 @@ def test_vae_tiling_differs_from_a_whole_decode_by_the_documented_amount():
     assert measured == {64: (0.015, 0.18), 32: (0.035, 0.43)}
 
 
-def test_each_row_records_peak_memory_decode_and_poa_branches(tmp_path):
-    run = compose_run("prompts.limit=2", "sampler.steps=2", "sampler.batch_size=2", "resolutions.sets=[default]",
-                      "methods=[dense,crdiff]", "amplify.batched=false", "vae_decode=sliced",
-                      f"output_dir={tmp_path}")
+def test_each_row_records_peak_memory_decode_and_poa_branches_and_the_table_shows_peak(tmp_path):
+    from crdiff.experiment.results import load_table
+    from crdiff.report.tables import write_all
+
+    run = compose_run("prompts.limit=2", "sampler.steps=2", "sampler.batch_size=2", "resolutions.sets=[beyond]",
+                      "resolutions.beyond=[96x96]", "methods=[dense,crdiff,freeu]", "amplify.batched=false",
+                      "vae_decode=sliced", f"output_dir={tmp_path}")
     table = execute(run)["table"].set_index("method")
     assert (table.peak_memory == "process_peak_rss").all() and (table.peak_memory_gib > 0).all()
-    assert (table.vae_decode == "sliced").all()
+    assert (table.vae_decode == "sliced").all() and (table.setting == "beyond").all()
     assert table.poa_branches.isna()["dense"] and table.poa_branches["crdiff"] == "sequential"
+    write_all(load_table(tmp_path).assign(metrics_version=table.metrics_version.iloc[0]), tmp_path / "tables",
+              compare=False)
+    text = (tmp_path / "tables" / "methods_C.md").read_text()
+    assert "peak GiB" in text and "the process's peak RSS" in text
