@@ -116,3 +116,25 @@ def test_each_row_records_peak_memory_decode_and_poa_branches_and_the_table_show
               compare=False)
     text = (tmp_path / "tables" / "methods_C.md").read_text()
     assert "peak GiB" in text and "the process's peak RSS" in text
+
+
+@pytest.mark.slow
+def test_bench_table_c_writes_a_row_per_mode_with_peak_memory(tmp_path, monkeypatch):
+    """scripts/bench_table_c.py as a GPU session runs it, on the CPU at 64x64 (the real SD1.5 architecture)."""
+    import importlib.util
+    import json
+    import sys
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "bench_table_c.py"
+    spec = importlib.util.spec_from_file_location("bench_table_c", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    monkeypatch.setattr(sys, "argv", ["bench_table_c.py", "--model", "sd15", "--resolution", "64x64", "--dtype",
+                                      "fp32", "--device", "cpu", "--calls", "1", "--out", str(tmp_path)])
+    bench.main()
+    rows = json.loads((tmp_path / "table_c_sd15_fp32_cpu.json").read_text())["rows"]
+    assert [(r["part"].split()[0], r["mode"]) for r in rows] == [
+        ("unet", "dense"), ("unet", "poa_batched"), ("unet", "poa_sequential"), ("unet", "poa_auto"),
+        ("vae", "whole"), ("vae", "tiled")]
+    assert [r["poa_branches"] for r in rows[:4]] == [None, "batched", "sequential", "batched"]  # auto: CPU
+    assert all(r["peak_gib"] > 0 and r["peak"] == "process_peak_rss" for r in rows)

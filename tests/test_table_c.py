@@ -7,7 +7,7 @@ from test_run import cli, compose_run, skip_unmerged_methods
 from crdiff.experiment import planner
 from crdiff.models import Resolution
 
-SD21 = ("experiment=table_c", "model=sd21", "methods=[dense,crdiff,native_resize,freeu]")  # its documented job
+SD21 = ("experiment=table_c", "model=sd21", "methods=[dense,crdiff,native_resize,freeu]")  # sd21's own methods
 
 
 def test_table_c_sizes_methods_and_memory_switches():
@@ -21,9 +21,10 @@ def test_table_c_sizes_methods_and_memory_switches():
 def test_plan_of_table_c_lists_every_job():
     skip_unmerged_methods("table_c")
     runs = planner.compose_runs(["experiment=table_c", "prompts.limit=10"])
-    assert [run.model.name for _, run in runs] == ["sdxl", "sd15"]
+    assert [run.model.name for _, run in runs] == ["sdxl", "sd15", "sd21"]
     text = planner.report(runs, reachable=False)
-    assert "total: 150 images (150 to generate)" in text  # sdxl 5 methods x 2 sizes + sd15 5 x 1, 10 each
+    # 10 prompts each: sdxl 5 methods x 2 sizes, sd15 5 x 1, sd21 4 x 1 (hidiffusion left out, said so)
+    assert "total: 190 images (190 to generate)" in text and "hidiffusion: not applicable to sd21" in text
 
 
 def test_plan_cli_scales_up_by_the_denoisers_flops(tmp_path):
