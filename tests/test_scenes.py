@@ -260,7 +260,31 @@ def test_training_resumes_to_the_same_weights_and_the_model_loads_and_scores(tmp
     with (study / "failure.csv").open() as f:
         assert [(r["size"], r["index"]) for r in csv.DictReader(f)] == [
             ("64x64", "0"), ("64x64", "1"), ("64x64", "2"), ("24x32", "0"), ("24x32", "1"), ("24x32", "2")]
-    assert "UNet step 4" in (study / "failure.md").read_text() and (study / "grid_failure.png").is_file()
+    report = (study / "failure.md").read_text()
+    assert "UNet step 4" in report and "after the model's VAE" in report and (study / "grid_failure.png").is_file()
+
+
+def test_vae_ceiling_reads_the_scenes_through_the_vae():
+    """An identity VAE keeps every scene (ceiling 1); one that decodes a blank page keeps none (ceiling 0)."""
+    from types import SimpleNamespace
+
+    from crdiff.miniature.scenes_study import vae_ceiling
+
+    class Identity:
+        dtype = torch.float32
+
+        def encode(self, x):
+            return SimpleNamespace(latent_dist=SimpleNamespace(mean=x))
+
+        def decode(self, z):
+            return SimpleNamespace(sample=z)
+
+    class Blank(Identity):
+        def decode(self, z):
+            return SimpleNamespace(sample=torch.ones_like(z))
+
+    assert vae_ceiling(Identity(), Resolution(24, 32), 20) == 1.0
+    assert vae_ceiling(Blank(), Resolution(24, 32), 20) == 0.0
 
 
 def test_bootstrap_interval_and_table():
