@@ -76,7 +76,7 @@ def _bounding_radius(size: float) -> float:
 
 
 def scene(seed: int) -> Scene:
-    """The scene of number `seed`: 1-3 objects, each of a uniform colour and shape, placed without touching."""
+    """The scene of number `seed`: 1 to MAX_OBJECTS objects, each of a uniform colour and shape, placed without touching."""
     rng = random.Random(seed)
     count = rng.randint(1, MAX_OBJECTS)
     objects: list[Shape] = []
