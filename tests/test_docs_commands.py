@@ -87,6 +87,8 @@ def test_documented_run_composes_passes_preflight_and_plans(command, coco, tmp_p
         assert small.task == run.task and small.methods == run.methods and small.sampler == run.sampler
         assert preflight.check(small, reachable=False) == [], combo
         rows, notes = planner.rows_of(small)
+        # a method of `methods_if_supported` (hidiffusion, branch s5-hidi) the tiny stand-in lacks is left out, said so
+        notes = [n for n in notes if "left out (methods_if_supported)" not in n]
         # a search's plan lays its generation jobs out with the search's metrics (left to the search's owners)
         assert rows and (not notes or small.task == "search"), (combo, notes)
 
