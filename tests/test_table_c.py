@@ -2,7 +2,7 @@
 at large sizes (the run itself is in tests/test_experiments.py under tiny overrides)."""
 
 import pytest
-from test_run import cli, compose_run, skip_unmerged_methods
+from test_run import cli, compose_run
 
 from crdiff.experiment import planner
 from crdiff.models import Resolution
@@ -19,7 +19,6 @@ def test_table_c_sizes_methods_and_memory_switches():
 
 
 def test_plan_of_table_c_lists_every_job():
-    skip_unmerged_methods("table_c")
     runs = planner.compose_runs(["experiment=table_c", "prompts.limit=10"])
     assert [run.model.name for _, run in runs] == ["sdxl", "sd15", "sd21"]
     text = planner.report(runs, reachable=False)
