@@ -181,7 +181,7 @@ for attempt in (1, 2):
     back = draw()
     good = (bool(torch.isfinite(changed).all()) and not torch.equal(changed, dense) and torch.equal(back, dense)
             and pipe.unet.num_upsamplers == upsamplers and not hasattr(pipe, "info"))
-    print(f"hidiffusion sdxl {size} fp16, round {attempt}: finite {bool(torch.isfinite(changed).all())}, "
+    print(f"hidiffusion sdxl {size} {str(pipe.unet.dtype)[6:]}, round {attempt}: finite {bool(torch.isfinite(changed).all())}, "
           f"!= dense {not torch.equal(changed, dense)} (mean |diff| {(changed - dense).abs().mean():.3f}), "
           f"removed == dense {torch.equal(back, dense)} (max diff {(back - dense).abs().max():.2e}), "
           f"num_upsamplers {pipe.unet.num_upsamplers} (dense {upsamplers})")
