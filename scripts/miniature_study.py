@@ -28,7 +28,7 @@ from crdiff.experiment.results import load_table
 from crdiff.report.plots import metric_vs_k, metric_vs_resolution
 from crdiff.report.select import report_rows
 from crdiff.report.tables import (COST, METRICS, aggregate, cost_note, gains, gains_markdown, gains_title, paper_table,
-                                  to_markdown)
+                                  to_markdown, with_interval)
 
 NAMES = ["digit_accuracy", "digit_fid"]
 COST_TITLES = {"denoiser_calls": "denoiser calls per image (counted)", "seconds_per_image": "seconds per image"}
@@ -43,8 +43,9 @@ def header(title: str, rows: pd.DataFrame, command: str, output_dir: str) -> lis
             f"diffusers {prov['diffusers']}, {prov['time']}",
             f"- {rows.n_images.iloc[0]} images per cell and seed set (prompt i = digit i mod 10, seed s + i for the "
             f"seed sets s = {', '.join(map(str, seeds))}), {rows.steps.iloc[0]} DDIM steps, guidance {rows.guidance.iloc[0]}",
-            "- cells: value ± half-width of the 95% bootstrap interval over prompts (seed sets resampled together), "
-            "and with several seed sets the standard deviation of the per-set values (seeds ±s)", ""]
+            "- cells: value [lo, hi], the 95% bootstrap interval over prompts (seed sets resampled together), "
+            "and with several seed sets the standard deviation of the per-set values (seeds ±s); bold: better than "
+            "the other side of a paired 95% interval over dense that excludes 0", ""]
 
 
 def ordered(rows: pd.DataFrame) -> pd.DataFrame:
@@ -63,11 +64,11 @@ def cost_sections(rows: pd.DataFrame, index: list[str]) -> list[str]:
 
 
 def pivot(cells: pd.DataFrame, index: list[str], metric: str) -> str:
-    """One line per `index` value, one column per resolution: `value ± half-width` of one run per cell
+    """One line per `index` value, one column per resolution: `value [lo, hi]` of one run per cell
     (`cells` from crdiff.report.tables.aggregate: a second run of a cell was refused before)."""
     lo, hi = f"{metric}_lo", f"{metric}_hi"
-    text = [f"{v:.3f}" + ("" if lo not in cells or pd.isna(cells.at[i, lo]) else
-                          f" ± {(cells.at[i, hi] - cells.at[i, lo]) / 2:.3f}") for i, v in cells[metric].items()]
+    text = [with_interval(v, *((cells.at[i, lo], cells.at[i, hi]) if lo in cells else ()))
+            for i, v in cells[metric].items()]
     table = cells.assign(text=text).pivot(index=index, columns="resolution", values="text")
     order = list(dict.fromkeys(cells.sort_values(["height", "width"]).resolution))
     table = table[[r for r in order if r in table.columns]]
@@ -131,9 +132,9 @@ def main(argv=None) -> int:
         lines = header("Miniature: dense vs CR-Diff" + (", three seed sets" if name == "seeds" else ""), rows, command,
                        folder)
         methods = tuple(m for m in METHODS if m in set(rows.method))
-        for setting, title in (("default", "Training resolution"), ("unseen", "Unseen resolutions")):
-            lines += [f"## {title}", "", to_markdown(paper_table(cells, setting, methods)), ""]
         found = gains(rows)
+        for setting, title in (("default", "Training resolution"), ("unseen", "Unseen resolutions")):
+            lines += [f"## {title}", "", to_markdown(paper_table(cells, setting, methods, found)), ""]
         if not found.empty:
             lines += [f"## {gains_title()}", "", gains_markdown(found), ""]
         n = int(rows.n_images.iloc[0])
