@@ -96,15 +96,17 @@ def aggregate(rows: pd.DataFrame, device: str = "cpu", by: tuple[str, ...] = ())
     return pd.DataFrame(lines)
 
 
-def gains(rows: pd.DataFrame, methods: tuple[str, ...] | None = None, device: str = "cpu") -> pd.DataFrame:
+def gains(rows: pd.DataFrame, methods: tuple[str, ...] | None = None, device: str = "cpu",
+          baseline: str = "dense") -> pd.DataFrame:
     """Every method's gain over dense (method - dense) per (model, setting, resolution, metric), with
     its paired 95% interval, the seed spread of the per-set gains and, for accuracy-like metrics,
-    McNemar's exact test."""
+    McNemar's exact test (`only_dense`: the baseline's side). `baseline`: another method in dense's
+    place (e.g. native_resize - crdiff)."""
     runs = _runs(rows) if not rows.empty else {}
     lines = []
     for (model, setting, resolution, method), run in runs.items():
-        dense = runs.get((model, setting, resolution, "dense"))
-        if method == "dense" or dense is None or (methods and method not in methods):
+        dense = runs.get((model, setting, resolution, baseline))
+        if method == baseline or dense is None or (methods and method not in methods):
             continue
         for metric in (m for m in METRICS if m in run):
             found = cells.gain(run, dense, metric, device=device, **_interval_settings(run))
@@ -324,11 +326,12 @@ def compare_with_paper(cells_: pd.DataFrame, gains_: pd.DataFrame | None = None,
     return out[columns].sort_values(["setting", "model", "resolution", "metric", "method"]).reset_index(drop=True)
 
 
-def gains_markdown(gains_: pd.DataFrame) -> str:
-    """The gains over dense: `gain` and its paired interval `[lo, hi]` per method, McNemar's p where there
-    is one."""
-    lines = ["| model | resolution | metric | method | gain (method - dense) | 95% paired interval | seed spread | "
-             "McNemar p (only dense / only method right) |", "|---|---|---|---|---|---|---|---|"]
+def gains_markdown(gains_: pd.DataFrame, baseline: str = "dense") -> str:
+    """The gains over dense (or `baseline`): `gain` and its paired interval `[lo, hi]` per method,
+    McNemar's p where there is one."""
+    base = LABELS.get(baseline, baseline)
+    lines = [f"| model | resolution | metric | method | gain (method - {base}) | 95% paired interval | seed spread | "
+             f"McNemar p (only {base} / only method right) |", "|---|---|---|---|---|---|---|---|"]
     for g in gains_.itertuples():
         label = (COLUMNS | COST).get(g.metric, (g.metric,))[0]
         ci = "-" if pd.isna(g.gain_lo) else f"[{g.gain_lo:.3f}, {g.gain_hi:.3f}]"
