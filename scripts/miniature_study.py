@@ -13,7 +13,7 @@ the header of the table says so, to keep the study's CPU time under ~35 min on a
     python -m crdiff.run -m experiment=miniature_sweep_k sampler.seed=0,1000,2000 prompts.limit=50 \
         'resolutions.unseen=[24x24,48x48]' output_dir=study/sweep_k
     python -m crdiff.run -m experiment=miniature_baselines sampler.seed=0,1000,2000 \
-        'resolutions.unseen=[24x24,48x48]' output_dir=study/baselines
+        'resolutions.unseen=[24x24]' output_dir=study/baselines
     python -m crdiff.run -m experiment=miniature_sweep_ratios sampler.seed=0,1000,2000 \
         'resolutions.unseen=[24x24,48x48]' output_dir=study/sweep_ratios
     python scripts/miniature_study.py --main outputs --seeds study/seeds --baselines study/baselines --sweep-k study/sweep_k \
@@ -47,11 +47,11 @@ COMMANDS = {
     "native": f"python -m crdiff.run -m experiment=miniature {SEEDS} 'methods=[dense,crdiff,native_resize]' prompts.limit=50",
     "cost": "python -m crdiff.run experiment=miniature prompts.limit=10 metrics=none 'resolutions.unseen=[32x64,64x64]'",
     "sweep_k": f"python -m crdiff.run -m experiment=miniature_sweep_k {SEEDS} prompts.limit=50 'resolutions.unseen=[24x24,48x48]'",
-    "baselines": f"python -m crdiff.run -m experiment=miniature_baselines {SEEDS} 'resolutions.unseen=[24x24,48x48]'",
+    "baselines": f"python -m crdiff.run -m experiment=miniature_baselines {SEEDS} 'resolutions.unseen=[24x24]'",
     "sweep_ratios": f"python -m crdiff.run -m experiment=miniature_sweep_ratios {SEEDS} 'resolutions.unseen=[24x24,48x48]'",
 }
 REDUCED = ("reduced from the experiment file to keep the study's CPU time under ~35 min on a shared 2-core machine: "
-           "{}; seed sets 0, 1000, 2000")
+           "{}")
 
 
 def header(title: str, rows: pd.DataFrame, command: str, output_dir: str, reduced: str = "") -> list[str]:
@@ -86,10 +86,11 @@ def cost_sections(rows: pd.DataFrame, index: list[str]) -> list[str]:
 
 
 def pivot(cells: pd.DataFrame, index: list[str], metric: str) -> str:
-    """One line per `index` value, one column per resolution: `value [lo, hi]` of one run per cell
+    """One line per `index` value, one column per resolution: `value [lo, hi] (seeds ±s)` of one run per cell
     (`cells` from crdiff.report.tables.aggregate: a second run of a cell was refused before)."""
-    lo, hi = f"{metric}_lo", f"{metric}_hi"
+    lo, hi, spread = f"{metric}_lo", f"{metric}_hi", f"{metric}_spread"
     text = [with_interval(v, *((cells.at[i, lo], cells.at[i, hi]) if lo in cells else ()))
+            + ("" if spread not in cells or pd.isna(cells.at[i, spread]) else f" (seeds ±{cells.at[i, spread]:.3f})")
             for i, v in cells[metric].items()]
     table = cells.assign(text=text).pivot(index=index, columns="resolution", values="text")
     order = list(dict.fromkeys(cells.sort_values(["height", "width"]).resolution))
@@ -101,9 +102,14 @@ def pivot(cells: pd.DataFrame, index: list[str], metric: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def study_cells(output_dir: str, experiment: str, by: tuple[str, ...] = ()) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(selected rows, one line per cell) of an experiment's rows: one run per cell, seed sets aggregated."""
+def study_cells(output_dir: str, experiment: str, by: tuple[str, ...] = (),
+                methods: tuple[str, ...] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(selected rows, one line per cell) of an experiment's rows: one run per cell, seed sets aggregated;
+    `methods`: only these (the sweeps inherit native_resize from `miniature`, which neither k nor ratios
+    change)."""
     rows, _ = report_rows(load_table(output_dir), experiment, by=by)
+    if methods is not None:
+        rows = rows[rows.method.isin(methods)]
     return rows, aggregate(rows, by=by)
 
 
@@ -135,7 +141,10 @@ def real_floor(sizes=(50, 100), draws: int = 20, seed: int = 0) -> tuple[str, di
 
 
 def floor_line(n: int, floors: dict[int, list[float]]) -> str:
-    """The digit-FID floor at `n` images (each seed set's digit-FID is computed on n images)."""
+    """The digit-FID floor at `n` images (each seed set's digit-FID is computed on n images); sizes other than
+    real_floor.md's are drawn on demand."""
+    if n not in floors:
+        floors.update(real_floor((n,))[1])
     low, high = np.percentile(floors[n], [2.5, 97.5])
     return (f"digit-FID floor at {n} images (real digits against the reference, 20 draws, `real_floor.md`): mean "
             f"{np.mean(floors[n]):.1f}, 95% of draws {low:.1f}–{high:.1f}. A cell's digit-FID is the mean of its seed "
@@ -202,14 +211,14 @@ def main(argv=None) -> int:
         rows, cells = study_cells(args.baselines, "miniature_baselines")
         cells = ordered(cells)
         lines = header("Miniature: every method side by side", rows, COMMANDS["baselines"], args.baselines,
-                       "sizes 32x32, 24x24, 48x48 (not 32x64, 64x64)")
+                       "sizes 32x32, 24x24 (not 32x64, 48x48, 64x64)")
         for metric in NAMES:
             lines += [f"## {METRICS[metric][0]}", "", pivot(cells, ["method"], metric), ""]
         found = gains(rows)
         lines += [floor_line(int(rows.n_images.iloc[0]), floors), *gains_section(found), *cost_sections(cells, ["method"])]
         write("baselines", lines, found)
     if args.sweep_k:
-        rows, cells = study_cells(args.sweep_k, "miniature_sweep_k", by=("k",))
+        rows, cells = study_cells(args.sweep_k, "miniature_sweep_k", by=("k",), methods=("dense", "crdiff"))
         lines = header("Miniature: k sweep (k = 0 is dense, k = 1 is BWP alone)", rows, COMMANDS["sweep_k"], args.sweep_k,
                        "50 prompts (not 100), sizes 32x32, 24x24, 48x48 (not 32x64, 64x64)")
         for metric in NAMES:
@@ -220,7 +229,7 @@ def main(argv=None) -> int:
         written.append(metric_vs_k(cells, "digits", out))
     if args.sweep_ratios:
         by = ("ratio_down", "ratio_mid", "ratio_up")
-        rows, cells = study_cells(args.sweep_ratios, "miniature_sweep_ratios", by=by)
+        rows, cells = study_cells(args.sweep_ratios, "miniature_sweep_ratios", by=by, methods=("dense", "crdiff"))
         cells = cells.assign(ratios=[("dense" if m == "dense" else f"{d:.1f} / {mi:.1f} / {u:.1f}")
                                      for m, d, mi, u in zip(cells.method, cells.ratio_down, cells.ratio_mid, cells.ratio_up)])
         lines = header("Miniature: ratio sweep (down / mid / up, k = 1.5)", rows, COMMANDS["sweep_ratios"],
