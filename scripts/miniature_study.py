@@ -71,8 +71,9 @@ def header(title: str, rows: pd.DataFrame, command: str, output_dir: str, reduce
 
 
 def ordered(rows: pd.DataFrame) -> pd.DataFrame:
-    """Rows with `method` as a categorical in the documented order (crdiff.experiment.methods.METHODS)."""
-    methods = [m for m in METHODS if m in set(rows.method)]
+    """Rows with `method` as a categorical in the documented order (crdiff.experiment.methods.METHODS), the
+    controls (dense_cfg<g>, …, not in it) after them."""
+    methods = [m for m in METHODS if m in set(rows.method)] + sorted(set(rows.method) - set(METHODS))
     return rows.assign(method=pd.Categorical(rows.method, methods, ordered=True))
 
 
@@ -208,7 +209,8 @@ def main(argv=None) -> int:
         if name == "main":
             written.append(metric_vs_resolution(cells, "digits", out))
     if args.baselines:
-        rows, cells = study_cells(args.baselines, "miniature_baselines")
+        # k, steps and guidance left free: bwp is k = 1 and the controls change steps or guidance by design
+        rows, cells = study_cells(args.baselines, "miniature_baselines", by=("k", "steps", "guidance"))
         cells = ordered(cells)
         lines = header("Miniature: every method side by side", rows, COMMANDS["baselines"], args.baselines,
                        "sizes 32x32, 24x24 (not 32x64, 48x48, 64x64)")
