@@ -23,11 +23,13 @@ import torch.nn.functional as F
 from diffusers.hooks import HookRegistry, ModelHook
 from torch import nn
 
+from crdiff import memory
 from crdiff.pruning import CRITERIA, MagnitudeIndex, PruningPlan, plan_pruning, validate_ratios
 
 POA_HOOK = "crdiff_poa"
 PRUNE_HOOK = "crdiff_pruned_weight"
 WEIGHTS = ("on_the_fly", "cached", "auto")
+BATCHED = (True, False, "auto")
 # weights=auto without a budget: the cache may take the device's free memory minus this share of its
 # total, which stays free for activations (batched POA doubles them), the VAE decode and the metrics.
 RESERVE = 0.25
@@ -41,7 +43,8 @@ class CRDiffConfig:
 
     `batched=True` (default) evaluates dense and pruned in one UNet call of twice the batch: faster
     for the UNets in docs/benchmarks.md, peak memory still <= 1.10x dense there; `batched=False` runs them
-    one after the other (half the activation memory, for very large batches or resolutions).
+    one after the other (half the activation memory, for very large batches or resolutions); `"auto"`
+    batches unless CUDA memory is short (crdiff.memory: measured on the first call of each input shape).
     `weights` ('on_the_fly' | 'cached' | 'auto') and `memory_budget_gib` (auto only; None: free
     device memory minus `RESERVE` of the total) decide how the pruned weights are held; see the module.
     """
@@ -50,13 +53,14 @@ class CRDiffConfig:
     k: float = 1.5
     criterion: str = "magnitude"
     seed: int = 0
-    batched: bool = True
+    batched: bool | str = True  # True (batched) | False (sequential) | "auto"
     targets: tuple[str, ...] | None = None  # name suffixes restricting the targets; None: docs/method.md §1, §5
     weights: str = "auto"
     memory_budget_gib: float | None = None
 
     def __post_init__(self) -> None:
         self.ratios = validate_ratios(self.ratios)
+        validate_batched(self.batched)
         validate_weights(self.weights, self.memory_budget_gib)
         self.targets = None if self.targets is None else tuple(self.targets)
         self.k = validate_k(self.k)
@@ -68,6 +72,12 @@ def validate_k(k: Any) -> float:
     if isinstance(k, bool) or not isinstance(k, (int, float)) or not math.isfinite(k):
         raise ValueError(f"k is {k!r}; valid range is any finite real number (paper: k > 1, REF 1.5)")
     return float(k)
+
+
+def validate_batched(batched: Any) -> None:
+    if batched not in BATCHED or isinstance(batched, (int, float)) and not isinstance(batched, bool):
+        raise ValueError(f"batched is {batched!r}; valid choices: true (one batched call), false (sequential "
+                         "branches), 'auto' (batched unless CUDA memory is short)")
 
 
 def validate_weights(weights: Any, memory_budget_gib: Any) -> None:
@@ -143,6 +153,8 @@ class POAHook(ModelHook):
     def __init__(self, config: CRDiffConfig, branch: _Branch, weights: str) -> None:
         super().__init__()
         self.config, self.branch, self.weights = config, branch, weights  # weights: the mode in use
+        self.decided: dict[tuple, str] = {}  # batched="auto" on CUDA: input shape -> batched | sequential
+        self.used: set[str] = set()  # how the calls since the caller last cleared it ran
 
     def new_forward(self, module: nn.Module, *args, **kwargs):
         forward, k = self.fn_ref.original_forward, self.config.k
@@ -152,14 +164,31 @@ class POAHook(ModelHook):
             if k == 1:  # BWP alone
                 self.branch.mode = "pruned"
                 return forward(*args, **kwargs)
-            if self.config.batched:
+            sample = _sample(args, kwargs)
+            mode = self._branches(sample)
+            self.used.add(mode or "sequential")
+            if mode == "batched":
                 return self._batched(forward, args, kwargs, k)
-            dense = forward(*args, **kwargs)
+            if mode is None:  # auto, first call of this shape on CUDA: one branch's activations decide
+                dense, used = memory.measure_branch(lambda: forward(*args, **kwargs), sample.device)
+                fits = memory.batched_fits(used, memory.available(sample.device))
+                self.decided[_shape(sample)] = "batched" if fits else "sequential"
+            else:
+                dense = forward(*args, **kwargs)
             self.branch.mode = "pruned"
             pruned = forward(*args, **kwargs)
             return _map_sample(lambda d, p: d.lerp(p, k), dense, pruned)
         finally:
             self.branch.mode = "dense"
+
+    def _branches(self, sample: torch.Tensor) -> str | None:
+        """`batched` or `sequential` for this call; None: `auto` has not yet measured this input shape."""
+        batched = self.config.batched
+        if batched != "auto":
+            return "batched" if batched else "sequential"
+        if sample.device.type != "cuda":  # auto decides from free memory on CUDA only
+            return "batched"
+        return self.decided.get(_shape(sample))
 
     def _batched(self, forward, args, kwargs, k: float):
         batch = _batch_size(args, kwargs)
@@ -169,9 +198,16 @@ class POAHook(ModelHook):
         return _map_sample(lambda o, _: o[:batch].lerp(o[batch:], k), out, out)
 
 
+def _sample(args: tuple, kwargs: dict) -> torch.Tensor:
+    return args[0] if args else kwargs.get("sample", kwargs.get("hidden_states"))  # UNet / DiT
+
+
 def _batch_size(args: tuple, kwargs: dict) -> int:
-    sample = args[0] if args else kwargs.get("sample", kwargs.get("hidden_states"))  # UNet / DiT
-    return sample.shape[0]
+    return _sample(args, kwargs).shape[0]
+
+
+def _shape(sample: torch.Tensor) -> tuple:
+    return tuple(sample.shape), sample.dtype
 
 
 _POSITIONS = ("img_ids", "txt_ids")  # FLUX's per-token positions (SDXL's per-sample time_ids are repeated)
@@ -318,6 +354,17 @@ def weights_used(pipe: Any) -> str | None:
     """How the applied CR-Diff holds its pruned weights ('cached' or 'on_the_fly'; None: not applied)."""
     hook = _poa_hook(pipe)
     return None if hook is None else hook.weights
+
+
+def branches_used(pipe: Any, clear: bool = True) -> list[str]:
+    """How POA's calls ran since the last clear: ['batched'], ['sequential'], both, or [] (none ran)."""
+    hook = _poa_hook(pipe)
+    if hook is None:
+        return []
+    used = sorted(hook.used)
+    if clear:
+        hook.used.clear()
+    return used
 
 
 def remove_crdiff(pipe: Any) -> Any:

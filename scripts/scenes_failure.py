@@ -57,6 +57,7 @@ def main() -> None:
         from crdiff import load_pipeline
 
         pipe, model = load_pipeline("scenes"), "model=scenes (crdiff/assets/scenes-t2i)"
+    ceiling = {str(s): scenes_study.vae_ceiling(pipe.vae, s, args.detector_scenes) for s in sizes}
     prompts = scenes.prompts(args.prompts)
     rows, images_by_size, seconds = [], {}, {}
     for size in sizes:
@@ -83,6 +84,8 @@ def main() -> None:
         "Detector accuracy on real scenes drawn at each size "
         f"({args.detector_scenes} evaluation scenes): "
         + ", ".join(f"{s} {a:.3f}" for s, a in detector.items()), "",
+        "The same scenes after the model's VAE (encode, decode), read by the detector: the ceiling of any "
+        "image decoded at that size: " + ", ".join(f"{s} {a:.3f}" for s, a in ceiling.items()), "",
         "Seconds per size (this machine, shared): " + ", ".join(f"{s} {t:.0f}" for s, t in seconds.items()),
         "", "Grid: `grid_failure.png`, one row per size in the order above, the first 8 prompts.", ""])
     (args.out / "failure.md").write_text(report)

@@ -72,9 +72,13 @@ def test_every_documented_command_is_found():
 
 @pytest.mark.parametrize("command", RUNS, ids=str)
 def test_documented_run_composes_passes_preflight_and_plans(command, coco, tmp_path):
+    from test_run import skip_unmerged_methods
+
     from crdiff.experiment import planner, preflight
 
     overrides = filled(command.args)
+    if "experiment=table_c" in overrides and not any(o.startswith("methods=") for o in overrides):
+        skip_unmerged_methods("table_c")
     written = planner.compose_runs(overrides)  # each job of a sweep, the experiment's own included
     assert written
     for combo, run in written:
@@ -83,6 +87,8 @@ def test_documented_run_composes_passes_preflight_and_plans(command, coco, tmp_p
         assert small.task == run.task and small.methods == run.methods and small.sampler == run.sampler
         assert preflight.check(small, reachable=False) == [], combo
         rows, notes = planner.rows_of(small)
+        # a method of `methods_if_supported` (hidiffusion, branch s5-hidi) the tiny stand-in lacks is left out, said so
+        notes = [n for n in notes if "left out (methods_if_supported)" not in n]
         # a search's plan lays its generation jobs out with the search's metrics (left to the search's owners)
         assert rows and (not notes or small.task == "search"), (combo, notes)
 

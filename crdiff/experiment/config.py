@@ -8,11 +8,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from crdiff.amplify import CRDiffConfig, validate_k, validate_weights
+from crdiff.amplify import CRDiffConfig, validate_batched, validate_k, validate_weights
 from crdiff.models import DTYPES, Resolution, load_pipeline, locate
 from crdiff.pruning import CRITERIA, GROUPS, validate_ratios
 
 SCHEDULERS = ("ddim", "euler", "euler_a", "dpmpp_2m", "pndm")
+SETTINGS = ("default", "unseen", "beyond")  # resolution sets: training size, Tables A/B's unseen, Table C's larger
 
 
 def _choice(what: str, value: Any, choices) -> None:
@@ -105,12 +106,15 @@ class PruningConfig:
 @dataclass
 class AmplifyConfig:
     k: float = 1.5
-    batched: bool = True  # speed only: not part of the run key
+    # true: dense and pruned in one call | false: one after the other | auto: batched unless CUDA memory is
+    # short (crdiff.memory); speed and memory only: not part of the run key; each image records what ran
+    batched: Any = True
     weights: str = "auto"  # on_the_fly | cached | auto: how pruned weights are held (speed/memory only)
     memory_budget_gib: float | None = None  # weights=auto: GiB the cache may take; null: free memory - 25%
 
     def __post_init__(self) -> None:
         self.k = validate_k(self.k)
+        validate_batched(self.batched)
         validate_weights(self.weights, self.memory_budget_gib)
 
 
@@ -143,16 +147,18 @@ class SamplerConfig:
 
 @dataclass
 class ResolutionsConfig:
-    """The model's training (`default`) and the paper's `unseen` resolutions, HxW; `sets` picks which run."""
+    """The model's training (`default`), the paper's `unseen` resolutions and the larger ones `beyond` the
+    paper's tables (Table C), HxW; `sets` picks which run."""
 
     default: list[str] = field(default_factory=list)
     unseen: list[str] = field(default_factory=list)
+    beyond: list[str] = field(default_factory=list)
     sets: list[str] = field(default_factory=lambda: ["default", "unseen"])
 
     def __post_init__(self) -> None:
         for s in self.sets:
-            _choice("resolutions.sets entry", s, ("default", "unseen"))
-        for text in self.default + self.unseen:
+            _choice("resolutions.sets entry", s, SETTINGS)
+        for text in self.default + self.unseen + self.beyond:
             Resolution.parse(text)
         if not self.selected():
             raise ValueError(f"no resolution selected: resolutions.sets={self.sets} with default={self.default}, "
@@ -290,10 +296,16 @@ class RunConfig:
     output_dir: str = "outputs"
     device: str = "auto"
     lease_min: float = 10.0  # a claim on an image expires this long after its holder last renewed it
+    # whole | sliced | tiled | auto: how the VAE decodes; auto slices or tiles only on CUDA when the decode's
+    # estimated memory exceeds free memory (crdiff.memory); each image records what ran; not in the run key
+    vae_decode: str = "auto"
 
     def __post_init__(self) -> None:
         if isinstance(self.lease_min, bool) or not isinstance(self.lease_min, (int, float)) or not self.lease_min > 0:
             raise ValueError(f"lease_min is {self.lease_min!r}; it must be a positive number of minutes")
+        from crdiff.memory import VAE_DECODE
+
+        _choice("vae_decode", self.vae_decode, VAE_DECODE)
         if not self.methods:
             raise ValueError("methods is empty; list at least one (dense, crdiff, ...)")
         from crdiff.experiment import methods

@@ -20,6 +20,9 @@ from typing import Any
 EXCLUDED = frozenset({
     "RunConfig.device", "RunConfig.output_dir", "RunConfig.experiment", "RunConfig.task", "RunConfig.methods",
     "RunConfig.wandb", "RunConfig.lease_min",
+    # a tiled decode differs from a whole one (docs/config.md states by how much); every image records
+    # how it was decoded, and its row says so
+    "RunConfig.vae_decode",
     "SamplerConfig.batch_size",
     # act through the ratios they resolve per resolution, and those join the key (crdiff.experiment.presets)
     "PruningConfig.searched", "PruningConfig.preset_path",

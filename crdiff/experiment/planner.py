@@ -2,7 +2,9 @@
 
 One row per job (method x resolution, for each value of a sweep), the images already on disk, a
 GPU-hour estimate from the per-image times recorded in results/bench/throughput.csv, the disk the
-images take, and every missing piece (crdiff.experiment.preflight). Loads no weights. `task=plan`
+images take, and every missing piece (crdiff.experiment.preflight). Loads no weights. A time measured
+at a smaller size is scaled up by the denoiser's FLOPs (its real architecture counted on the meta
+device), which include self-attention's tokens^2 growth; down, by pixel count (see `seconds_per_image`). `task=plan`
 plans the command without it: `task=plan experiment=search` plans the search (one row per search
 and resolution: its trials at most, the images they draw, validation included).
 """
@@ -10,6 +12,7 @@ and resolution: its trials at most, the images they draw, validation included).
 from __future__ import annotations
 
 import csv
+import functools
 import itertools
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,11 +129,45 @@ def cost_class(run: RunConfig, method: str, resolution: Resolution | None = None
     return "crdiff" if run.amplify.batched else "crdiff_sequential"
 
 
+@functools.lru_cache(maxsize=None)
+def denoiser_flops(model: str, resolution: Resolution) -> int | None:
+    """FLOPs of one call of `model`'s real UNet (crdiff.models.UNET_CONFIGS) on one sample of `resolution`,
+    counted on the meta device (no weights, no compute): convolutions and linear layers grow with the
+    tokens, self-attention's scores with tokens^2. None for a model without a UNet config."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from crdiff.models import UNET_CONFIGS, random_unet
+
+    if model not in UNET_CONFIGS:
+        return None
+    unet = random_unet(model, meta=True)
+    c = unet.config
+    with torch.device("meta"), FlopCounterMode(display=False) as counter:
+        extra = {}
+        if c.addition_embed_type == "text_time":  # SDXL's pooled text and size conditioning
+            text = c.projection_class_embeddings_input_dim - 6 * c.addition_time_embed_dim
+            extra = {"added_cond_kwargs": {"text_embeds": torch.zeros(1, text), "time_ids": torch.zeros(1, 6)}}
+        unet(torch.zeros(1, c.in_channels, resolution.height // 8, resolution.width // 8), torch.zeros(1),
+             torch.zeros(1, 77, c.cross_attention_dim), **extra)
+    return counter.get_total_flops()
+
+
+def _growth(model: str, measured: Resolution, target: Resolution) -> tuple[float, str]:
+    """(time at `target` / time at `measured`, how): by the denoiser's FLOPs scaling up, else by pixels.
+    Scaling down by pixels overestimates a little (attention shrinks faster; a card is less busy)."""
+    pixels = target.height * target.width / (measured.height * measured.width)
+    if pixels > 1 and (flops := denoiser_flops(model, measured)) is not None:
+        return denoiser_flops(model, target) / flops, f"scaled from {measured} by the denoiser's FLOPs " \
+            f"(x{denoiser_flops(model, target) / flops:.2f}; pixels x{pixels:.2f}: self-attention grows as tokens^2)"
+    return pixels, f"scaled from {measured} by pixel count"
+
+
 def seconds_per_image(table: list[Measurement], model: str, resolution: Resolution, dtype: str, method: str,
                       steps: int) -> tuple[float, Measurement, str] | None:
     """(seconds, the measurement used, how it was scaled): a whole-job row before a denoiser-call row,
-    the same resolution before the nearest pixel count (time scaled by pixels), the same dtype before
-    another of the same width (fp16 ~ bf16); time scales with the step count."""
+    the same resolution before the nearest pixel count (time scaled by `_growth`: FLOPs up, pixels down),
+    the same dtype before another of the same width (fp16 ~ bf16); time scales with the step count."""
     measured = model if any(m.model == model for m in table) else SAME_COST.get(model, model)
     width = DTYPES[dtype].itemsize if dtype in DTYPES else None
     rows = [m for m in table if m.model == measured and m.method == method
@@ -143,9 +180,9 @@ def seconds_per_image(table: list[Measurement], model: str, resolution: Resoluti
         return (m.kind != "job", m.dtype != dtype, abs(m.resolution.height * m.resolution.width - pixels))
 
     best = min(rows, key=rank)
-    scale = pixels / (best.resolution.height * best.resolution.width)
+    scale, how = _growth(best.model, best.resolution, resolution)
     notes = [n for n, on in ((f"{best.model} measured for {model}", best.model != model),
-                             (f"scaled from {best.resolution} by pixel count", scale != 1),
+                             (how, best.resolution != resolution),
                              (f"{best.dtype} measured for {dtype}", best.dtype != dtype)) if on]
     return best.seconds_per_image * scale * steps / best.steps, best, "; ".join(notes)
 
@@ -237,9 +274,11 @@ def report(runs: list[tuple[list[str], RunConfig]], overrides: list[str] = (), t
                 missing.append(str(piece))
         for r in rows:
             left = None if r.images is None else r.images - r.done
-            steps = run.sampler.steps if r.method == SEARCH else methods.get(run, r.method).sampler().steps
-            est = seconds_per_image(table, run.model.name, r.resolution, run.model.dtype, cost_class(run, r.method),
-                                    steps)
+            method = None if r.method == SEARCH else methods.get(run, r.method)
+            steps = run.sampler.steps if method is None else method.sampler().steps
+            rule = None if method is None else method.drawing_rule()  # native_resize draws at its bucket
+            drawn = rule.size(r.resolution) if rule else r.resolution
+            est = seconds_per_image(table, run.model.name, drawn, run.model.dtype, cost_class(run, r.method), steps)
             hours = None
             if est is not None and left is not None:
                 seconds, m, how = est

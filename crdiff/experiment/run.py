@@ -38,7 +38,7 @@ class Job:
     """One (method, resolution) cell of a table."""
 
     method: str
-    setting: str  # "default" (training resolution) or "unseen"
+    setting: str  # "default" (training resolution), "unseen" or "beyond" (Table C)
     resolution: Resolution
     key: str
     folder: Path
@@ -188,7 +188,7 @@ class _Maker:
                 with claims.renewing():
                     self.made += generate(self.pipeline(job), self.p.prompts, mine, job.resolution, method.sampler(),
                                           job.folder, self.bar.update, method.drawing_rule(),
-                                          method.call_kwargs(job.resolution))
+                                          method.call_kwargs(job.resolution), self.p.run.vae_decode)
         finally:
             for i in got:
                 claims.release(i)

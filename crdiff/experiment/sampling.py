@@ -6,8 +6,10 @@ on neither batch size, rank count, device nor method, so dense and CR-Diff start
 <0.1% of pixels in tests/test_run.py; rank count changes nothing.)
 
 Each image's metadata also records its cost: denoiser passes per image, counted while it was drawn,
-and wall seconds per image (its batch's time / batch size) with the device. Cost is measured, never
-keyed: an image skipped on a rerun keeps the cost measured when it was made.
+wall seconds per image (its batch's time / batch size) with the device, its batch's peak memory
+(crdiff.memory: CUDA's max allocated, or the process's peak RSS on a CPU), how the VAE decoded it and
+how POA's branches ran. Cost is measured, never keyed: an image skipped on a rerun keeps the cost
+measured when it was made.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from crdiff.amplify import denoiser_of
+from crdiff import memory
+from crdiff.amplify import branches_used, denoiser_of
 from crdiff.experiment.checks import flag
 from crdiff.experiment.config import SamplerConfig
 from crdiff.experiment.results import device_name
@@ -176,16 +179,25 @@ def draw(pipe, prompts: PromptSet, indices: list[int], resolution: Resolution, s
 def generate(
     pipe, prompts: PromptSet, indices: list[int], resolution: Resolution, sampler: SamplerConfig, folder: Path,
     progress: Callable[[int], None] = lambda n: None, native: NativeRule | None = None, extra: dict | None = None,
+    vae_decode: str = "auto",
 ) -> int:
-    """Make and store the images `indices` (the caller has skipped the done ones); returns how many."""
+    """Make and store the images `indices` (the caller has skipped the done ones); returns how many.
+    `vae_decode`: whole | sliced | tiled | auto (crdiff.memory.choose_decode, at the size drawn)."""
     device = device_name(pipe.device)
+    drawn = native.size(resolution) if native else resolution
     for start in range(0, len(indices), sampler.batch_size):
         batch = indices[start : start + sampler.batch_size]
+        vae = memory.choose_decode(pipe.vae, pipe.device, drawn.height, drawn.width, len(batch), vae_decode)
+        branches_used(pipe)  # count this batch's POA calls only
+        memory.reset_peak(pipe.device)
         began = time.perf_counter()
-        with denoiser_passes(pipe) as passes:
+        with denoiser_passes(pipe) as passes, memory.vae_decode(pipe, vae):
             decoded = decode(pipe, prompts, batch, resolution, sampler, native, extra)
         seconds = (time.perf_counter() - began) / len(batch)
-        cost = {"denoiser_calls": passes[0] / len(batch), "seconds": seconds, "device": device}
+        peak, peak_kind = memory.peak(pipe.device)
+        cost = {"denoiser_calls": passes[0] / len(batch), "seconds": seconds, "device": device,
+                "peak_memory_bytes": peak, "peak_memory": peak_kind, "vae_decode": vae,
+                "poa": "+".join(branches_used(pipe)) or None}
         for i, pixels in zip(batch, decoded):
             buffer = io.BytesIO()
             to_pil(pixels).save(buffer, format="PNG")
@@ -197,8 +209,9 @@ def generate(
 
 
 def cost(folder: Path, indices: list[int]) -> dict:
-    """Mean denoiser passes and seconds per image over the images `indices` that recorded them, and
-    the device(s) that measured the seconds (None where no image recorded a cost)."""
+    """Mean denoiser passes and seconds per image over the images `indices` that recorded them, the
+    device(s) that measured the seconds, the largest peak memory in GiB and what it measured, and how
+    the VAE decode and POA's branches ran (None where no image recorded it, e.g. made before they were)."""
     costs = []
     for i in indices:
         path = meta_path(folder, i)
@@ -206,10 +219,19 @@ def cost(folder: Path, indices: list[int]) -> dict:
             costs.append(json.loads(path.read_text()).get("cost"))
     costs = [c for c in costs if c]
     if not costs:
-        return {"denoiser_calls": None, "seconds_per_image": None, "seconds_device": None}
+        return {"denoiser_calls": None, "seconds_per_image": None, "seconds_device": None, "peak_memory_gib": None,
+                "peak_memory": None, "vae_decode": None, "poa_branches": None}
+
+    def kinds(name: str) -> str | None:  # e.g. "whole", or "sliced + whole" when batches differed
+        found = sorted({part for c in costs if c.get(name) for part in c[name].split("+")})
+        return " + ".join(found) or None
+
+    peaks = [c["peak_memory_bytes"] for c in costs if c.get("peak_memory_bytes") is not None]
     return {"denoiser_calls": sum(c["denoiser_calls"] for c in costs) / len(costs),
             "seconds_per_image": sum(c["seconds"] for c in costs) / len(costs),
-            "seconds_device": " + ".join(sorted({c["device"] for c in costs}))}
+            "seconds_device": " + ".join(sorted({c["device"] for c in costs})),
+            "peak_memory_gib": max(peaks) / 2**30 if peaks else None, "peak_memory": kinds("peak_memory"),
+            "vae_decode": kinds("vae_decode"), "poa_branches": kinds("poa")}
 
 
 def sheet(rows: list[list[Image.Image]]) -> Image.Image:

@@ -86,6 +86,20 @@ def detector_accuracy(size: Resolution, count: int) -> float:
     return right / count
 
 
+def vae_ceiling(vae, size: Resolution, count: int) -> float:
+    """The share of evaluation scenes 0..count-1, drawn at `size`, that the detector still reads exactly after
+    the model's own VAE (encode, decode): no image the model decodes at this size can score above it."""
+    from crdiff.miniature.scenes_detect import kinds
+
+    drawn = [scenes.scene(scenes.EVAL_FIRST_SEED + i) for i in range(count)]
+    x = torch.from_numpy(np.stack([scenes.render(s, size.height, size.width) for s in drawn]))
+    x = x.permute(0, 3, 1, 2).to(vae.dtype) / 127.5 - 1
+    with torch.no_grad():
+        y = torch.cat([vae.decode(vae.encode(b).latent_dist.mean).sample for b in x.split(50)])
+    pixels = ((y.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    return float(np.mean([kinds(p) == s.kinds for p, s in zip(pixels, drawn)]))
+
+
 def write_csv(path: Path, rows: list[Row]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as f:

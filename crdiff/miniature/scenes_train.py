@@ -41,7 +41,7 @@ class TrainConfig:
     # two OpenMP threads spin-wait on each other (measured: 8-33 s per UNet step against 2.4-3.0 s).
     threads: int = 1
     encoder_steps: int = 300
-    vae_steps: int = 400
+    vae_steps: int = 1200
     unet_steps: int = 3000
     batch_size: int = 32
     vae_batch_size: int = 16
@@ -50,6 +50,13 @@ class TrainConfig:
     uncond_prob: float = 0.1  # captions dropped to "" (classifier-free guidance)
     ema_decay: float = 0.999
     checkpoint_every: int = 200
+    # The VAE learns every evaluated size, in turn (one per step), as SDXL's VAE works at any size: only the
+    # UNet is trained at 64x64. A VAE trained at 64x64 alone could not keep objects at 32x32 (read back
+    # from its reconstructions: 0.07 of scenes; results/miniature_scenes/attempts.md).
+    vae_sizes: tuple = ((64, 64), (32, 32), (24, 32), (32, 24), (48, 48), (24, 24))
+    # The scenes' recipe (crdiff/miniature/scenes.py), recorded so that a work folder of another recipe is refused.
+    data: dict = field(default_factory=lambda: dict(
+        max_objects=scenes.MAX_OBJECTS, size_range=list(scenes.SIZE_RANGE), gap=scenes.GAP, margin=scenes.MARGIN))
     # SDXL's layout, scaled down: no attention at the highest resolution, transformer depth rising to the
     # lowest (SDXL: 0 / 2 / 10), linear projections; attn1 + ff are >= 50% of the UNet's weights.
     unet: dict = field(default_factory=lambda: dict(
@@ -113,7 +120,8 @@ def _counts(seeds: list[int]) -> torch.Tensor:
 
 
 def train_vae(cfg: TrainConfig):
-    """AutoencoderKL with a 4x latent (64x64x3 -> 16x16x4); `scaling_factor` makes the latents unit-variance."""
+    """AutoencoderKL with a 4x latent (64x64x3 -> 16x16x4), trained at every size of `vae_sizes`;
+    `scaling_factor` makes the latents of 64x64 scenes unit-variance."""
     from diffusers import AutoencoderKL
 
     torch.manual_seed(cfg.seed + STAGES["vae"])
@@ -126,7 +134,8 @@ def train_vae(cfg: TrainConfig):
     sched = _cosine(opt, cfg.vae_steps, 50)
     for step in range(cfg.vae_steps):
         generator = _generator(cfg, "vae", step)
-        x = scenes.batch(_seeds("vae", step, cfg.vae_batch_size))
+        height, width = cfg.vae_sizes[step % len(cfg.vae_sizes)]
+        x = scenes.batch(_seeds("vae", step, cfg.vae_batch_size), height, width)
         posterior = vae.encode(x).latent_dist
         z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator)
         loss = F.mse_loss(vae.decode(z).sample, x) + 1e-6 * posterior.kl().mean()

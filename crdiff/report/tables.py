@@ -27,8 +27,10 @@ METRICS = {
     "digit_fid": ("digit-FID↓", False), "digit_accuracy": ("digit-acc↑", True),
 }
 # cost per image (crdiff.experiment.sampling.cost), shown after the metrics and never marked better
-# or worse: denoiser passes counted while drawing, wall seconds measured on the device the rows name
-COST = {"denoiser_calls": ("calls/img", "{:.0f}"), "seconds_per_image": ("s/img", "{:.3f}")}
+# or worse: denoiser passes counted while drawing, wall seconds measured on the device the rows name,
+# peak memory (CUDA's max allocated per batch, or the process's peak RSS on a CPU: crdiff.memory)
+COST = {"denoiser_calls": ("calls/img", "{:.0f}"), "seconds_per_image": ("s/img", "{:.3f}"),
+        "peak_memory_gib": ("peak GiB", "{:.2f}")}
 # image counts shown beside the metrics (crdiff.experiment.checks): NaN + black + constant images of a cell
 COUNTS = {"flagged_images": ("NaN/black/constant↓", False)}
 COLUMNS = {**METRICS, **COUNTS}
@@ -77,7 +79,7 @@ def aggregate(rows: pd.DataFrame, device: str = "cpu", by: tuple[str, ...] = ())
     lines = []
     for cell, run in _runs(rows, by).items():
         line = dict(zip([*select.CELL, *by], cell))
-        for name in ("height", "width", "k", "seconds_device", "ratios_source", "preset_beats_start"):
+        for name in ("height", "width", "k", "seconds_device", "peak_memory", "ratios_source", "preset_beats_start"):
             if name in run:
                 line[name] = run[name].iloc[0]
         for metric in (m for m in METRICS if m in run):
@@ -346,8 +348,12 @@ def gains_markdown(gains_: pd.DataFrame, baseline: str = "dense") -> str:
 def cost_note(rows: pd.DataFrame) -> str:
     """One line naming what the cost columns are and the device(s) that measured the seconds."""
     devices = sorted(set(rows.get("seconds_device", pd.Series(dtype=object)).dropna()))
+    peaks = sorted(set(rows.get("peak_memory", pd.Series(dtype=object)).dropna()))
+    peak = {"cuda_max_allocated": "CUDA's max allocated per batch",
+            "process_peak_rss": "the process's peak RSS (a high-water mark of the whole run, not per row)"}
     return ("calls/img: denoiser passes per image, counted (each CFG half and each CR-Diff branch is one); "
-            f"s/img: wall seconds per image, measured on {' + '.join(devices) or 'no recorded device'}\n")
+            f"s/img: wall seconds per image, measured on {' + '.join(devices) or 'no recorded device'}"
+            + (f"; peak GiB: {', '.join(peak.get(p, p) for p in peaks)}" if peaks else "") + "\n")
 
 
 def write_all(rows: pd.DataFrame, out: str | Path, compare: bool = True, device: str = "cpu",
@@ -383,7 +389,8 @@ def write_all(rows: pd.DataFrame, out: str | Path, compare: bool = True, device:
             part.to_csv(out / f"{name}_gains.csv", index=False)
             written.append(out / f"{name}_gains.csv")
     extra = tuple(m for m in dict.fromkeys(cells_.method) if m not in PAPER_METHODS)
-    for name, setting in (("methods_A", "unseen"), ("methods_B", "default")):  # baselines side by side
+    # baselines side by side; C: Table C's sizes beyond the paper's (experiment=table_c)
+    for name, setting in (("methods_A", "unseen"), ("methods_B", "default"), ("methods_C", "beyond")):
         table = paper_table(cells_, setting, PAPER_METHODS + extra, gains_) if extra else pd.DataFrame()
         if not table.empty:
             (out / f"{name}.md").write_text(to_markdown(table) + f"\n{cost_note(cells_)}")
