@@ -74,7 +74,7 @@ def test_missing_cells_print_as_missing_and_dense_only_rows_do_not_fail(tmp_path
     done = make_tables("--results", tmp_path, "--out", tmp_path / "tables")
     assert done.returncode == 0, done.stderr[-3000:]
     table = (tmp_path / "tables" / "table_A.md").read_text()
-    assert "| sd15 | 400x560 | 40.000 ± 2.500 | missing | 0.310 ± 0.010 | missing |" in table
+    assert "| sd15 | 400x560 | 40.000 [38.000, 43.000] | missing | 0.310 [0.300, 0.320] | missing |" in table
     comparison = pd.read_csv(tmp_path / "tables" / "paper_comparison.csv")
     assert comparison.ours_gain.isna().all() and {"ours_gain_lo", "ours_gain_hi"} <= set(comparison.columns)
     calibration = pd.read_csv(tmp_path / "tables" / "dense_calibration.csv")
