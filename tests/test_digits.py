@@ -2,9 +2,11 @@
 and a shortened main job end to end."""
 
 import json
+import re
 import subprocess
 import sys
 
+import pandas as pd
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -146,3 +148,27 @@ def test_shortened_main_job_end_to_end(tmp_path):
     # the shortening is a configuration the experiment file does not state: chosen as a user would, by its field
     written = run("scripts/make_tables.py", "--results", out, "steps=4", "--out", f"{out}/tables")
     assert "table_A" in written and ".png" in written
+
+
+@pytest.mark.slow
+def test_miniature_study_tables_carry_intervals_paired_gains_mcnemar_and_the_floor(tmp_path):
+    """The documented study path, shortened: a k sweep over two seed sets, then scripts/miniature_study.py."""
+    out = str(tmp_path / "sweep_k")
+
+    def run(*args):
+        done = subprocess.run([sys.executable, *args], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done.stdout
+
+    run("-m", "crdiff.run", "-m", "experiment=miniature_sweep_k", "sampler.seed=0,1000", "prompts.limit=10",
+        "resolutions.sets=[default]", "amplify.k=1.5,2.0", f"output_dir={out}")
+    run("scripts/miniature_study.py", "--sweep-k", out, "--out", str(tmp_path / "tables"))
+    text = (tmp_path / "tables" / "sweep_k.md").read_text()
+    assert "seed sets s = 0, 1000" in text and " ± " not in text  # intervals as [lo, hi], never a half-width
+    assert re.search(r"\| 2\.0 \| \d\.\d{3} \[\d\.\d{3}, \d\.\d{3}\] \(seeds ±\d", text)  # k = 2: value [lo, hi]
+    assert "digit-FID floor at 10 images" in text
+    found = pd.read_csv(tmp_path / "tables" / "sweep_k_gains.csv")
+    assert sorted(set(found.method)) == ["CR-Diff k=1.5", "CR-Diff k=2"] and (found.seeds == 2).all()
+    accuracy = found[found.metric == "digit_accuracy"]
+    assert accuracy.mcnemar_p.notna().all() and (accuracy.only_dense + accuracy.only_method <= 20).all()
+    assert found.gain_lo.notna().all() and (found.gain_lo <= found.gain_hi).all()

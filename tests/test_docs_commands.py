@@ -26,8 +26,8 @@ from doccommands import ROOT, commands
 NOT_RUN = {
     "scripts/prepare_coco5k.py": "needs COCO val2014 (captions and 40k images), which cannot be downloaded here; "
                                  "tests/test_coco.py runs it on a COCO-shaped miniature",
-    "scripts/miniature_study.py": "reads the outputs of four miniature runs (`make main` and its sweeps, minutes of "
-                                  "CPU); tests/test_digits.py drives the same path",
+    "scripts/miniature_study.py": "reads the outputs of the miniature's runs (`make main`, the seed sets and sweeps, "
+                                  "tens of CPU minutes); tests/test_digits.py runs it on a shortened k sweep",
     "scripts/train_scenes.py": "trains the scenes model for about an hour of CPU; tests/test_scenes.py runs the same "
                                "command on a few steps, stopped and resumed",
     "scripts/gpu_check.sh": "needs a GPU (it falls back to the CPU only to check itself, minutes); run on a GPU node",

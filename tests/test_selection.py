@@ -3,6 +3,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -48,7 +49,7 @@ def test_tables_select_one_run_per_cell_with_intervals_from_per_image_scores(tmp
     assert done.returncode == 0, done.stderr[-3000:]
     assert "experiment smoke, k=1.5" in done.stdout and "1 other row(s)" in done.stdout  # the k = 3 row: named
     table = (tmp_path / "tables" / "table_B.md").read_text()
-    assert "(seeds ±" in table and " ± " in table and "95% paired interval" in table
+    assert re.search(r"\d \[-?\d+\.\d+, -?\d+\.\d+\] \(seeds ±\d", table) and "95% paired interval" in table
     gains = pd.read_csv(tmp_path / "tables" / "table_B_gains.csv")
     assert set(gains.metric) == {"fid", "clip"} and (gains.seeds == 2).all() and gains.gain_lo.notna().all()
     assert (gains.gain_lo <= gains.gain).all() and (gains.gain <= gains.gain_hi).all()
@@ -73,7 +74,7 @@ def test_missing_cells_print_as_missing_and_dense_only_rows_do_not_fail(tmp_path
     done = make_tables("--results", tmp_path, "--out", tmp_path / "tables")
     assert done.returncode == 0, done.stderr[-3000:]
     table = (tmp_path / "tables" / "table_A.md").read_text()
-    assert "| sd15 | 400x560 | 40.000 ± 2.500 | missing | 0.310 ± 0.010 | missing |" in table
+    assert "| sd15 | 400x560 | 40.000 [38.000, 43.000] | missing | 0.310 [0.300, 0.320] | missing |" in table
     comparison = pd.read_csv(tmp_path / "tables" / "paper_comparison.csv")
     assert comparison.ours_gain.isna().all() and {"ours_gain_lo", "ours_gain_hi"} <= set(comparison.columns)
     calibration = pd.read_csv(tmp_path / "tables" / "dense_calibration.csv")
@@ -125,3 +126,38 @@ def test_two_rows_of_one_seed_set_are_two_runs_not_two_replicates():
     clash = pd.DataFrame([{**base, "seed": 42}, {**base, "seed": 42}])
     with pytest.raises(AmbiguousCells):
         select(clash)
+
+
+def accuracy_run(folder: Path, method: str, seeds: tuple[int, ...], n: int, right) -> pd.DataFrame:
+    """Rows of one run as load_table gives them, one per seed set, each with its per-image file: prompt i
+    is digit i mod 5, image i of seed set s draws from seed s + i, `right(digit, seed)` its outcome."""
+    rows = []
+    for s in seeds:
+        scores = pd.DataFrame({"index": range(n), "prompt": [f"digit {i % 5}" for i in range(n)],
+                               "seed": [s + i for i in range(n)]})
+        scores["digit_accuracy"] = [float(right(i % 5, s + i)) for i in range(n)]
+        name = f"scores/{method}-{s}.csv"
+        (folder / "scores").mkdir(exist_ok=True)
+        scores.to_csv(folder / name, index=False)
+        rows.append({"method": method, "seed": s, "prompts_digest": "p", "output_dir": str(folder),
+                     "scores": {"per_image": name}, "digit_accuracy": scores.digit_accuracy.mean()})
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize("seeds,distinct", [((0, 10), 20), ((0, 5), 15)])
+def test_mcnemar_pools_the_distinct_images_of_every_seed_set(tmp_path, seeds, distinct):
+    """Seed sets 0 and 10 over 10 prompts draw 20 distinct images, pooled; seed sets 0 and 5 draw
+    (digit d, seed 5..9) twice: the same 5 images, counted once (15 pairs, not 20)."""
+    from scipy import stats
+
+    from crdiff.report.cells import gain
+
+    dense = accuracy_run(tmp_path, "dense", seeds, 10, lambda d, seed: seed % 2 == 0)
+    method = accuracy_run(tmp_path, "crdiff", seeds, 10, lambda d, seed: seed % 3 == 0)
+    images = {(i % 5, s + i) for s in seeds for i in range(10)}
+    assert len(images) == distinct
+    only_dense = sum(seed % 2 == 0 and seed % 3 != 0 for _, seed in images)
+    only_method = sum(seed % 2 != 0 and seed % 3 == 0 for _, seed in images)
+    test = gain(method, dense, "digit_accuracy", resamples=50).mcnemar
+    assert (test["only_dense"], test["only_method"]) == (only_dense, only_method)
+    assert test["p"] == stats.binomtest(only_method, only_dense + only_method, 0.5).pvalue

@@ -47,13 +47,52 @@ def test_tables_hold_the_papers_numbers(cell):
         assert float(str(line[column]).rstrip("*")) == value, column
 
 
-def test_better_value_is_marked():
+def test_the_papers_numbers_are_not_marked_without_a_paired_interval():
     table = paper_table(paper_rows(), "unseen")
-    md, tex = to_markdown(table), to_latex(table)
-    assert "| sdxl | 512x512 | 83.827 | **37.918** |" in md  # FID: lower is better
-    assert r"\textbf{0.321}" in tex and tex.startswith(r"\begin{tabular}")
-    sd15 = [l for l in md.splitlines() if l.startswith("| sd15 | 400x560")][0]
-    assert "| **39.047** | 39.291 |" in sd15  # the paper's one FID loss at unseen sizes stays visible
+    md, tex, csv = to_markdown(table), to_latex(table), to_csv(table)
+    assert "| sdxl | 512x512 | 83.827 | 37.918 |" in md and tex.startswith(r"\begin{tabular}")
+    assert "**" not in md and r"\textbf" not in tex and "*" not in csv  # no interval: nothing is separated
+
+
+def cell_lines(**cells) -> pd.DataFrame:
+    """Cell lines as crdiff.report.tables.aggregate writes them: resolution -> {(method, metric): (value, lo, hi)}."""
+    lines = []
+    for resolution, values in cells.items():
+        for method in ("dense", "crdiff"):
+            line = {"model": "sd15", "setting": "unseen", "resolution": resolution.lstrip("r"), "method": method}
+            for (m, metric), (value, lo, hi) in values.items():
+                if m == method:
+                    line |= {metric: value, f"{metric}_lo": lo, f"{metric}_hi": hi}
+            lines.append(line)
+    return pd.DataFrame(lines)
+
+
+def gain_lines(*found) -> pd.DataFrame:
+    return pd.DataFrame([{"model": "sd15", "setting": "unseen", "resolution": r, "method": "crdiff", "metric": m,
+                          "gain": g, "gain_lo": lo, "gain_hi": hi} for r, m, g, lo, hi in found])
+
+
+def test_cells_print_their_interval_as_it_is_not_a_symmetric_half_width():
+    cells = cell_lines(r512x512={("dense", "fid"): (50.0, 60.0, 150.0), ("crdiff", "fid"): (40.0, 38.5, 41.0)})
+    md = to_markdown(paper_table(cells, "unseen"))
+    assert "| sd15 | 512x512 | 50.000 [60.000, 150.000] | 40.000 [38.500, 41.000] |" in md and "±" not in md
+
+
+def test_a_cell_is_bold_only_where_the_paired_interval_excludes_0():
+    both = {("dense", "fid"): (50.0, 45.0, 55.0), ("crdiff", "fid"): (45.0, 40.0, 50.0),
+            ("dense", "clip"): (0.30, 0.29, 0.31), ("crdiff", "clip"): (0.29, 0.28, 0.30)}
+    cells = cell_lines(r512x512=both, r768x768=both)
+    gains = gain_lines(("512x512", "fid", -5.0, -8.0, -2.0),   # CR-Diff lower FID, separated: bold
+                       ("768x768", "fid", -5.0, -9.0, 1.0),    # CR-Diff lower FID, interval holds 0: no mark
+                       ("512x512", "clip", -0.01, -0.02, -0.005),  # dense higher CLIP, separated: dense bold
+                       ("768x768", "clip", -0.01, -0.02, 0.001))
+    table = paper_table(cells, "unseen", gains_=gains)
+    md = to_markdown(table)
+    assert "| sd15 | 512x512 | 50.000 [45.000, 55.000] | **45.000 [40.000, 50.000]** | " \
+           "**0.300 [0.290, 0.310]** | 0.290 [0.280, 0.300] |" in md
+    assert "| sd15 | 768x768 | 50.000 [45.000, 55.000] | 45.000 [40.000, 50.000] | " \
+           "0.300 [0.290, 0.310] | 0.290 [0.280, 0.300] |" in md
+    assert to_csv(table).count("*") == 2 and to_latex(table).count(r"\textbf") == 2
 
 
 def test_comparison_deltas(tmp_path):
@@ -104,4 +143,4 @@ def test_baselines_side_by_side(tmp_path):
     written = write_all(pd.concat([rows, freeu]), tmp_path, compare=False)
     assert tmp_path / "methods_A.md" in written
     md = (tmp_path / "methods_A.md").read_text()
-    assert "FID↓ freeu" in md and "| sdxl | 512x512 | 83.827 | 37.918 | **-16.173** |" in md
+    assert "FID↓ freeu" in md and "| sdxl | 512x512 | 83.827 | 37.918 | -16.173 |" in md  # no paired gains: unmarked

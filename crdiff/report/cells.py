@@ -6,6 +6,14 @@ same prompts, crdiff.metrics.intervals), and with several seed sets the spread o
 (sample standard deviation) stands beside it. A gain is method minus dense on the same prompts and
 seeds: per-image differences for per-image metrics, FID / KID recomputed on the same resampled images
 on both sides; accuracy-like metrics also get McNemar's exact test.
+
+McNemar's test pools the pairs of every seed set. Its one assumption is independent pairs, and each pair
+is its own image pair: image i of seed set s draws from seed s + i (one generator per image), so every
+(prompt, seed) is a distinct, independent draw given the prompts. Under the null every discordant pair
+is a fair coin whatever its prompt or seed set, so a test stratified by prompt (Mantel-Haenszel for
+matched pairs) is this same pooled test; the inference is about these prompts, which the bootstrap
+interval over prompts generalises. Seed sets that overlap (seed sets 0 and 50 over 100 prompts whose
+texts repeat every 10) draw some (prompt, seed) twice: the same image, counted once.
 """
 
 from __future__ import annotations
@@ -28,10 +36,6 @@ class Estimate:
     spread: float | None = None  # standard deviation over seed sets (None: one set)
     seeds: int = 1
     mcnemar: dict | None = None  # gains of accuracy-like metrics
-
-    @property
-    def half_width(self) -> float | None:
-        return None if self.ci95 is None else (self.ci95[1] - self.ci95[0]) / 2
 
 
 def _ordered(run: pd.DataFrame) -> pd.DataFrame:
@@ -69,6 +73,30 @@ def features(run: pd.DataFrame, metric: str) -> tuple[list[torch.Tensor], torch.
         generated.append(torch.from_numpy(np.load(paths[0])).double())
         reference = torch.from_numpy(np.load(paths[1])).double()
     return generated, reference
+
+
+def outcomes(run: pd.DataFrame, metric: str) -> pd.DataFrame | None:
+    """(prompt, seed, `metric`) per distinct image of the run's seed sets (a (prompt, seed) drawn twice
+    is one image), or None if a row has no per-image file."""
+    tables = []
+    for row in _ordered(run).itertuples():
+        path = _file(row, "per_image")
+        if path is None or not path.is_file():
+            return None
+        table = pd.read_csv(path)
+        if metric not in table:
+            return None
+        tables.append(table[["prompt", "seed", metric]])
+    return pd.concat(tables).drop_duplicates(["prompt", "seed"])
+
+
+def mcnemar(method: pd.DataFrame, dense: pd.DataFrame, metric: str) -> dict | None:
+    """McNemar's exact test over the distinct images both runs drew, paired on (prompt, seed)."""
+    ours, theirs = outcomes(method, metric), outcomes(dense, metric)
+    if ours is None or theirs is None:
+        return None
+    pairs = theirs.merge(ours, on=["prompt", "seed"], suffixes=("_dense", "_method"))
+    return intervals.mcnemar(pairs[f"{metric}_dense"].to_numpy(), pairs[f"{metric}_method"].to_numpy())
 
 
 def distance(metric: str, run: pd.DataFrame):
@@ -141,5 +169,5 @@ def gain(method: pd.DataFrame, dense: pd.DataFrame, metric: str, resamples: int 
     ours, theirs = per_image(method, metric), per_image(dense, metric)
     if ours is None or theirs is None:
         return Estimate(value, None, spread, len(method))
-    test = intervals.mcnemar(theirs.ravel(), ours.ravel()) if metric in BINARY_METRICS else None
+    test = mcnemar(method, dense, metric) if metric in BINARY_METRICS else None
     return Estimate(value, intervals.mean_interval(ours - theirs, resamples, seed), spread, len(method), test)

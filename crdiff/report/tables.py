@@ -2,9 +2,12 @@
 comparison with the paper (dense calibration first).
 
 Layout (as the paper): one row per (model, resolution), for each metric a dense and a CR-Diff column,
-each cell `value ± half-width of its 95% interval` (crdiff.report.cells); the better value is marked
-(bold in Markdown / LaTeX, `*` in CSV); a cell without a row reads `missing`. Rows reach a table through
-one-run-per-cell selection (crdiff.report.select).
+each cell `value [lo, hi]`, its 95% interval written out (crdiff.report.cells): bootstrap intervals are
+asymmetric (FID's often lies above its value), so a `± half-width` would misstate them. A cell is marked
+(bold in Markdown / LaTeX, `*` in CSV) only where a paired comparison separates it (`separated`): a
+method better than dense by a paired 95% interval that excludes 0, dense better than every method that
+way; without paired gains (the paper's own numbers) nothing is marked. A cell without a row reads
+`missing`. Rows reach a table through one-run-per-cell selection (crdiff.report.select).
 """
 
 from __future__ import annotations
@@ -95,15 +98,17 @@ def aggregate(rows: pd.DataFrame, device: str = "cpu", by: tuple[str, ...] = ())
     return pd.DataFrame(lines)
 
 
-def gains(rows: pd.DataFrame, methods: tuple[str, ...] | None = None, device: str = "cpu") -> pd.DataFrame:
+def gains(rows: pd.DataFrame, methods: tuple[str, ...] | None = None, device: str = "cpu",
+          baseline: str = "dense") -> pd.DataFrame:
     """Every method's gain over dense (method - dense) per (model, setting, resolution, metric), with
     its paired 95% interval, the seed spread of the per-set gains and, for accuracy-like metrics,
-    McNemar's exact test."""
+    McNemar's exact test (`only_dense`: the baseline's side). `baseline`: another method in dense's
+    place (e.g. native_resize - crdiff)."""
     runs = _runs(rows) if not rows.empty else {}
     lines = []
     for (model, setting, resolution, method), run in runs.items():
-        dense = runs.get((model, setting, resolution, "dense"))
-        if method == "dense" or dense is None or (methods and method not in methods):
+        dense = runs.get((model, setting, resolution, baseline))
+        if method == baseline or dense is None or (methods and method not in methods):
             continue
         for metric in (m for m in METRICS if m in run):
             found = cells.gain(run, dense, metric, device=device, **_interval_settings(run))
@@ -138,10 +143,12 @@ def long_form(rows: pd.DataFrame, methods: tuple[str, ...] = PAPER_METHODS) -> p
     return pd.concat(lines, ignore_index=True).dropna(subset=["value"])
 
 
-def paper_table(rows: pd.DataFrame, setting: str, methods: tuple[str, ...] = PAPER_METHODS) -> pd.DataFrame:
+def paper_table(rows: pd.DataFrame, setting: str, methods: tuple[str, ...] = PAPER_METHODS,
+                gains_: pd.DataFrame | None = None) -> pd.DataFrame:
     """Table A (`setting='unseen'`) or B (`'default'`) from cell lines (`aggregate`, or the paper's rows):
     index (model, resolution), columns (metric, method); `methods` beyond the paper's two put the
-    baselines side by side. Intervals ride along in `.attrs["text"]` (value ± half-width per cell)."""
+    baselines side by side. Intervals ride along in `.attrs["text"]` (`value [lo, hi]` per cell), the
+    cells the paired gains `gains_` (`gains`) separate in `.attrs["marked"]`."""
     data = long_form(rows[rows.setting == setting], methods)
     table = data.pivot_table(index=["model", "resolution"], columns=["metric", "method"], values="value",
                              aggfunc="first")
@@ -156,7 +163,28 @@ def paper_table(rows: pd.DataFrame, setting: str, methods: tuple[str, ...] = PAP
                                             names=["model", "resolution"])
     table.attrs["text"] = {(line.model, line.resolution + notes.get((line.model, line.resolution), ""), line.metric,
                             line.method): _cell_text(line) for line in data.itertuples()}
+    table.attrs["marked"] = {(model, resolution + notes.get((model, resolution), ""), metric, method)
+                             for model, resolution, metric, method in separated(gains_, setting, methods)}
     return table
+
+
+def separated(gains_: pd.DataFrame | None, setting: str, methods: tuple[str, ...]) -> set[tuple]:
+    """(model, resolution, metric, method) of the cells to mark: a method whose paired 95% interval over
+    dense excludes 0 on the better side; dense where every other method of its row (and metric) in
+    `methods` is separated on dense's side. A best value without separation is not marked: the paired
+    interval, not the point values, says which is better."""
+    if gains_ is None or gains_.empty:
+        return set()
+    marked = set()
+    shown = gains_[(gains_.setting == setting) & gains_.method.isin(methods) & gains_.metric.isin(METRICS)]
+    for (model, resolution, metric), group in shown.groupby(["model", "resolution", "metric"], sort=False):
+        sign = 1 if METRICS[metric][1] else -1  # a better method has sign * gain > 0
+        ends = sign * group[["gain_lo", "gain_hi"]].apply(pd.to_numeric).to_numpy(float)  # no interval: NaN
+        low, high = ends.min(axis=1), ends.max(axis=1)
+        marked |= {(model, resolution, metric, method) for method, above in zip(group.method, low > 0) if above}
+        if (high < 0).all():
+            marked.add((model, resolution, metric, "dense"))
+    return marked
 
 
 def ratios_notes(rows: pd.DataFrame) -> dict[tuple[str, str], str]:
@@ -174,32 +202,35 @@ def ratios_notes(rows: pd.DataFrame) -> dict[tuple[str, str], str]:
     return notes
 
 
+def with_interval(value: float, lo=None, hi=None, digits: int = 3) -> str:
+    """`value [lo, hi]`: the interval's two ends as they are (a bootstrap interval is rarely symmetric
+    about its value, and FID's may not contain it); `value` alone without an interval."""
+    text = f"{value:.{digits}f}"
+    if lo is None or hi is None or pd.isna(lo) or pd.isna(hi):
+        return text
+    return text + f" [{lo:.{digits}f}, {hi:.{digits}f}]"
+
+
 def _cell_text(line) -> str:
-    """`value`, `value ± half-width` with an interval, `(seeds ±s)` after it with several seed sets."""
-    text = f"{line.value:.3f}"
-    if line.lo is not None and line.hi is not None and not (pd.isna(line.lo) or pd.isna(line.hi)):
-        text += f" ± {(line.hi - line.lo) / 2:.3f}"
+    """`value [lo, hi]`, and `(seeds ±s)` after it with several seed sets (s: the standard deviation of
+    the per-set values, symmetric by definition)."""
+    text = with_interval(line.value, line.lo, line.hi)
     if line.spread is not None and not pd.isna(line.spread):
         text += f" (seeds ±{line.spread:.3f})"
     return text
 
 
-def better_mask(table: pd.DataFrame) -> pd.DataFrame:
-    """True where a cell is the best of its metric's methods in that row (ties: all of them)."""
+def marked_mask(table: pd.DataFrame) -> pd.DataFrame:
+    """True where a cell is marked: separated by a paired interval (`separated`, `.attrs["marked"]`)."""
+    marked = table.attrs.get("marked", set())
     mask = pd.DataFrame(False, index=table.index, columns=table.columns)
-    for metric in table.columns.get_level_values(0).unique():
-        if metric in COST:
-            continue
-        values = table[metric]
-        best = values.max(axis=1) if COLUMNS[metric][1] else values.min(axis=1)
-        compared = values.notna().sum(axis=1) > 1  # a value alone (the other cell missing) is not "better"
-        for method in values.columns:
-            mask[(metric, method)] = (values[method] == best) & compared
+    for metric, method in table.columns:
+        mask[(metric, method)] = [(*where, metric, method) in marked for where in table.index]
     return mask
 
 
 def _formatted(table: pd.DataFrame, mark: str) -> pd.DataFrame:
-    marks, cell_text = better_mask(table), table.attrs.get("text", {})
+    marks, cell_text = marked_mask(table), table.attrs.get("text", {})
     text = table.copy().astype(object)
     for col in table.columns:
         if col[0] in COST or col[0] in COUNTS:  # cost and counts: their own format, no "better" mark
@@ -297,14 +328,16 @@ def compare_with_paper(cells_: pd.DataFrame, gains_: pd.DataFrame | None = None,
     return out[columns].sort_values(["setting", "model", "resolution", "metric", "method"]).reset_index(drop=True)
 
 
-def gains_markdown(gains_: pd.DataFrame) -> str:
-    """The gains over dense: `gain ± half-width [lo, hi]` per method, McNemar's p where there is one."""
-    lines = ["| model | resolution | metric | method | gain (method - dense) | 95% paired interval | seed spread | "
-             "McNemar p (only dense / only method right) |", "|---|---|---|---|---|---|---|---|"]
+def gains_markdown(gains_: pd.DataFrame, baseline: str = "dense") -> str:
+    """The gains over dense (or `baseline`): `gain` and its paired interval `[lo, hi]` per method,
+    McNemar's p where there is one."""
+    base = LABELS.get(baseline, baseline)
+    lines = [f"| model | resolution | metric | method | gain (method - {base}) | 95% paired interval | seed spread | "
+             f"McNemar p (only {base} / only method right) |", "|---|---|---|---|---|---|---|---|"]
     for g in gains_.itertuples():
         label = (COLUMNS | COST).get(g.metric, (g.metric,))[0]
         ci = "-" if pd.isna(g.gain_lo) else f"[{g.gain_lo:.3f}, {g.gain_hi:.3f}]"
-        value = f"{g.gain:.3f}" + ("" if pd.isna(g.gain_lo) else f" ± {(g.gain_hi - g.gain_lo) / 2:.3f}")
+        value = f"{g.gain:.3f}"
         spread = "-" if pd.isna(g.seed_spread) else f"±{g.seed_spread:.3f} ({g.seeds} sets)"
         test = "-" if pd.isna(g.mcnemar_p) else f"{g.mcnemar_p:.3g} ({g.only_dense:.0f} / {g.only_method:.0f})"
         lines.append(f"| {g.model} | {g.resolution} | {label} | {LABELS.get(g.method, g.method)} | {value} | {ci} | "
@@ -341,10 +374,10 @@ def write_all(rows: pd.DataFrame, out: str | Path, compare: bool = True, device:
             calibration.to_csv(out / "dense_calibration.csv", index=False)
             written.append(out / "dense_calibration.csv")
     for name, setting in (("table_A", "unseen"), ("table_B", "default")):
-        table = paper_table(cells_, setting)
+        part = gains_[gains_.setting == setting] if not gains_.empty else gains_
+        table = paper_table(cells_, setting, gains_=part)
         if table.empty:
             continue
-        part = gains_[gains_.setting == setting] if not gains_.empty else gains_
         for suffix, render in ((".csv", to_csv), (".md", to_markdown), (".tex", to_latex)):
             path = out / f"{name}{suffix}"
             extra = ""
@@ -358,7 +391,7 @@ def write_all(rows: pd.DataFrame, out: str | Path, compare: bool = True, device:
     extra = tuple(m for m in dict.fromkeys(cells_.method) if m not in PAPER_METHODS)
     # baselines side by side; C: Table C's sizes beyond the paper's (experiment=table_c)
     for name, setting in (("methods_A", "unseen"), ("methods_B", "default"), ("methods_C", "beyond")):
-        table = paper_table(cells_, setting, PAPER_METHODS + extra) if extra else pd.DataFrame()
+        table = paper_table(cells_, setting, PAPER_METHODS + extra, gains_) if extra else pd.DataFrame()
         if not table.empty:
             (out / f"{name}.md").write_text(to_markdown(table) + f"\n{cost_note(cells_)}")
             (out / f"{name}.csv").write_text(to_csv(table))
