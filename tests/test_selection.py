@@ -161,3 +161,27 @@ def test_mcnemar_pools_the_distinct_images_of_every_seed_set(tmp_path, seeds, di
     test = gain(method, dense, "digit_accuracy", resamples=50).mcnemar
     assert (test["only_dense"], test["only_method"]) == (only_dense, only_method)
     assert test["p"] == stats.binomtest(only_method, only_dense + only_method, 0.5).pvalue
+
+
+def test_a_methods_own_k_steps_and_guidance_keep_its_rows_in_its_experiments_table():
+    """bwp (k = 1) and the controls (twice the steps, another guidance) are rows of experiment=miniature_baselines
+    at the values they set themselves: the experiment file's run-wide k / steps / guidance must not drop them,
+    while a row of the same cell at another k (a second run) is still left out."""
+    from crdiff.report.select import report_rows
+
+    base = dict(model="digits", setting="unseen", resolution="24x24", experiments=["miniature_baselines"], seed=0,
+                steps=20, guidance=3.0)
+    rows = pd.DataFrame([
+        {**base, "method": "dense", "k": None},
+        {**base, "method": "crdiff", "k": 1.5},
+        {**base, "method": "crdiff", "k": 3.0},  # another run of the cell: not this experiment file's
+        {**base, "method": "bwp", "k": 1.0},
+        {**base, "method": "dense_steps2x", "k": None, "steps": 40},
+        {**base, "method": "dense_cfg4.5", "k": None, "guidance": 4.5},
+    ])
+    chosen, note = report_rows(rows, "miniature_baselines")
+    assert sorted(zip(chosen.method, chosen.k.fillna(0))) == [
+        ("bwp", 1.0), ("crdiff", 1.5), ("dense", 0), ("dense_cfg4.5", 0), ("dense_steps2x", 0)]
+    assert "bwp: k=1.0" in note and "dense_steps2x: steps=40" in note and "1 other row(s)" in note
+    forced, _ = report_rows(rows, "miniature_baselines", {"k": "3.0"})  # a filter still rules every method
+    assert sorted(forced.method) == ["crdiff", "dense", "dense_cfg4.5", "dense_steps2x"]

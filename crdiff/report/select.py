@@ -62,6 +62,22 @@ def defaults_of(experiment: str) -> dict[str, object]:
             "safety_checker": run.model.safety_checker}
 
 
+def method_defaults(experiment: str) -> dict[str, dict[str, object]]:
+    """Per method of the experiment file, the values its rows carry where the method sets them itself:
+    bwp's k = 1, a control's steps or guidance (`dense_steps2x`, `dense_cfg<s>`), dense's k = none. The
+    run-wide values of `defaults_of` would drop those rows from their own experiment's table."""
+    from crdiff.experiment import methods
+    from crdiff.experiment.planner import compose_runs
+
+    ((_, run),) = compose_runs([f"experiment={experiment}"], sweep={})
+    out = {}
+    for name in run.methods:
+        method = methods.get(run, name)
+        crd, sampler = method.pruning(None), method.sampler()
+        out[name] = {"k": None if crd is None else crd.k, "steps": sampler.steps, "guidance": sampler.guidance}
+    return out
+
+
 def matching(rows: pd.DataFrame, experiment: str | None = None, filters: dict | None = None) -> pd.DataFrame:
     """The rows `experiment` produced or reused (any experiment if None) whose fields equal `filters`;
     a row without a value for a field (dense has no k) is not filtered on it."""
@@ -136,6 +152,22 @@ def stated(experiment: str | None) -> dict[str, object]:
     return defaults_of(experiment)
 
 
+def stated_per_method(experiment: str | None) -> dict[str, dict[str, object]]:
+    """`method_defaults` of an experiment file, or none (no file of that name)."""
+    return method_defaults(experiment) if stated(experiment) else {}
+
+
+def _own_values(own: dict, wanted: dict, rows: pd.DataFrame, by, filters) -> dict[str, dict]:
+    """Per method, the values it sets itself that differ from the run-wide ones (for the note)."""
+    out = {}
+    for method, settings in own.items():
+        mine = {k: v for k, v in settings.items() if k in rows and k not in by and k not in (filters or {})
+                and not _missing(v) and not _same(v, wanted.get(k))}
+        if mine:
+            out[method] = mine
+    return out
+
+
 def report_rows(rows: pd.DataFrame, experiment: str | None = None, filters: dict | None = None,
                 by: tuple[str, ...] = ()) -> tuple[pd.DataFrame, str]:
     """The rows a report (tables, figures, notebook) is built from, and one line saying which: per table,
@@ -145,9 +177,19 @@ def report_rows(rows: pd.DataFrame, experiment: str | None = None, filters: dict
     for name, setting in experiments_of(rows, experiment):
         wanted = {k: v for k, v in stated(name).items() if k in rows and k not in by} | dict(filters or {})
         base = rows if setting is None else rows[rows.setting == setting]
-        parts.append(select(base, name, wanted, by))
+        own = stated_per_method(name)
+        for method, settings in own.items():  # a method's own k / steps / guidance, unless a filter says
+            mine = base[base.method == method]
+            mine_wanted = wanted | {k: v for k, v in settings.items()
+                                    if k in rows and k not in by and k not in (filters or {})}
+            mine_wanted = {k: v for k, v in mine_wanted.items() if not _missing(v)}
+            parts.append(select(mine, name, mine_wanted, by))
+        rest = base[~base.method.isin(list(own))]
+        parts.append(select(rest, name, wanted, by))
         said.append(f"experiment {name or 'any'}" + (f" ({setting})" if setting else "") + "".join(
-            f", {k}={v}" for k, v in wanted.items()))
+            f", {k}={v}" for k, v in wanted.items())
+            + "".join(f"; {m}: " + ", ".join(f"{k}={v}" for k, v in mine.items())
+                      for m, mine in _own_values(own, wanted, rows, by, filters).items()))
     chosen = pd.concat(parts) if parts else rows.iloc[:0]
     unused = len(rows) - len(chosen)
     note = f"Rows: {'; '.join(said)}" + (f". {unused} other row(s) under this output_dir match no table's "
