@@ -68,7 +68,9 @@ def decode_bytes(vae, height: int, width: int, batch: int) -> int:
 
 def choose_decode(vae, device: torch.device, height: int, width: int, batch: int, switch: str = "auto") -> str:
     """`whole`, `sliced` or `tiled`: the switch if forced; under `auto`, whole on a CPU, and on CUDA
-    the least change that makes the estimate fit free memory."""
+    sliced when the batch's estimate does not fit free memory. `auto` never tiles: a tiled image is a
+    different image, and free memory differs between ranks, methods and batches, so an automatic tiling
+    would mix decodes inside one table. Where one image does not fit, set `vae_decode=tiled` for the table."""
     if switch not in VAE_DECODE:
         raise ValueError(f"vae_decode is {switch!r}; valid choices: {list(VAE_DECODE)}")
     if switch != "auto":
@@ -76,9 +78,7 @@ def choose_decode(vae, device: torch.device, height: int, width: int, batch: int
     if device.type != "cuda":
         return "whole"
     need, free = decode_bytes(vae, height, width, batch), available(device)
-    if need <= free:
-        return "whole"
-    return "sliced" if batch > 1 and need / batch <= free else "tiled"
+    return "whole" if need <= free or batch == 1 else "sliced"  # sliced: whole's values to 1e-6
 
 
 @contextmanager

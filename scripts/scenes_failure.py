@@ -47,16 +47,19 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
 
-    detector = {str(s): scenes_study.detector_accuracy(s, args.detector_scenes) for s in sizes}
     if args.work is not None:
         from crdiff.miniature.scenes_train import checkpoint_pipeline
 
         pipe, step = checkpoint_pipeline(args.work)
         model = f"checkpoint of {args.work} at UNet step {step}"
     else:
-        from crdiff import load_pipeline
+        from crdiff import ModelUnavailableError, load_pipeline
 
-        pipe, model = load_pipeline("scenes"), "model=scenes (crdiff/assets/scenes-t2i)"
+        try:  # the model first: a missing one is one line naming the fix, before any other work
+            pipe, model = load_pipeline("scenes"), "model=scenes (crdiff/assets/scenes-t2i)"
+        except ModelUnavailableError as err:
+            parser.exit(1, f"scenes_failure.py: {err}\n")
+    detector = {str(s): scenes_study.detector_accuracy(s, args.detector_scenes) for s in sizes}
     ceiling = {str(s): scenes_study.vae_ceiling(pipe.vae, s, args.detector_scenes) for s in sizes}
     prompts = scenes.prompts(args.prompts)
     rows, images_by_size, seconds = [], {}, {}

@@ -64,7 +64,7 @@ def test_vae_decode_rule(tiny_pipes, monkeypatch):
     cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
     assert memory.choose_decode(vae, cpu, 64, 64, 4) == "whole"  # auto never changes a CPU decode
     assert memory.choose_decode(vae, cpu, 64, 64, 4, "tiled") == "tiled"
-    for free, mode in ((need, "whole"), (need - 1, "sliced"), (need // 4, "sliced"), (need // 4 - 1, "tiled")):
+    for free, mode in ((need, "whole"), (need - 1, "sliced"), (need // 4, "sliced"), (need // 4 - 1, "sliced")):
         monkeypatch.setattr(memory, "available", lambda device, free=free: free)
         assert memory.choose_decode(vae, cuda, 64, 64, 4) == mode, free
     with pytest.raises(ValueError, match="vae_decode is 'x'"):

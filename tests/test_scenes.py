@@ -193,12 +193,22 @@ def test_unet_has_sdxls_layout_and_majority_targets():
     assert unet.config.sample_size * 4 == scenes.SIZE and unet.config.sample_size >= 16  # latent 16x16 at 64x64
 
 
-def test_missing_bundled_scenes_model_names_the_training_script(monkeypatch, tmp_path):
+def test_missing_bundled_scenes_model_names_the_training_script(monkeypatch, tmp_path, capsys):
     from crdiff import load_pipeline
 
     monkeypatch.setattr(scenes, "PIPELINE_DIR", tmp_path / "nothing")
     with pytest.raises(ModelUnavailableError, match="train_scenes"):
         load_pipeline("scenes")
+
+    # the failure-first script as documented: one line naming the fix, no traceback, nothing written
+    import runpy
+
+    monkeypatch.setattr(sys, "argv", ["scenes_failure.py", "--prompts", "2", "--out", str(tmp_path / "out")])
+    with pytest.raises(SystemExit) as stop:
+        runpy.run_path(str(ROOT / "scripts" / "scenes_failure.py"), run_name="__main__")
+    assert stop.value.code == 1 and not (tmp_path / "out").exists()
+    said = capsys.readouterr().err
+    assert said.count("\n") == 1 and "train_scenes.py" in said and "Traceback" not in said
 
 
 def _train(tmp_path, *args):

@@ -183,5 +183,9 @@ def test_a_methods_own_k_steps_and_guidance_keep_its_rows_in_its_experiments_tab
     assert sorted(zip(chosen.method, chosen.k.fillna(0))) == [
         ("bwp", 1.0), ("crdiff", 1.5), ("dense", 0), ("dense_cfg4.5", 0), ("dense_steps2x", 0)]
     assert "bwp: k=1.0" in note and "dense_steps2x: steps=40" in note and "1 other row(s)" in note
+    other = rows.assign(negative_prompt=None)  # the file states none: a row drawn with one is another run
+    other.loc[len(other)] = {**base, "method": "bwp", "k": 1.0, "negative_prompt": "blurry"}
+    kept, _ = report_rows(other, "miniature_baselines")
+    assert len(kept) == 5 and kept.negative_prompt.isna().all()
     forced, _ = report_rows(rows, "miniature_baselines", {"k": "3.0"})  # a filter still rules every method
     assert sorted(forced.method) == ["crdiff", "dense", "dense_cfg4.5", "dense_steps2x"]

@@ -180,9 +180,9 @@ def report_rows(rows: pd.DataFrame, experiment: str | None = None, filters: dict
         own = stated_per_method(name)
         for method, settings in own.items():  # a method's own k / steps / guidance, unless a filter says
             mine = base[base.method == method]
+            # a method's own value replaces the run-wide one; its "none" (dense has no k) replaces nothing
             mine_wanted = wanted | {k: v for k, v in settings.items()
-                                    if k in rows and k not in by and k not in (filters or {})}
-            mine_wanted = {k: v for k, v in mine_wanted.items() if not _missing(v)}
+                                    if k in rows and k not in by and k not in (filters or {}) and not _missing(v)}
             parts.append(select(mine, name, mine_wanted, by))
         rest = base[~base.method.isin(list(own))]
         parts.append(select(rest, name, wanted, by))
