@@ -107,7 +107,7 @@ class HiDiffusion(Method):
             raise
         finally:
             pipe._internal_dict = state["pipe"][1]["_internal_dict"]
-        state["seed"] = unet.register_forward_pre_hook(reseed(pipe))
+        state["seed"] = unet.register_forward_pre_hook(reseed(pipe), with_kwargs=True)
 
     @classmethod
     def remove(cls, pipe) -> None:
@@ -124,13 +124,13 @@ class HiDiffusion(Method):
 
 def reseed(pipe):
     """A UNet pre-hook: torch's global generator at SHIFT_SEED before the first denoiser call of each
-    pipeline call (hidiffusion counts calls modulo the pipeline's `_num_timesteps` the same way)."""
-    calls = 0
+    pipeline call, recognised by its timestep (the scheduler's first), not by counting calls: a call that
+    stopped half way (an interrupt, an out-of-memory error) leaves nothing behind for the next one."""
 
-    def hook(module, args) -> None:
-        nonlocal calls
-        if calls % pipe._num_timesteps == 0:
+    def hook(module, args, kwargs) -> None:
+        t = args[1] if len(args) > 1 else kwargs.get("timestep")
+        first = pipe.scheduler.timesteps[0]
+        if t is not None and torch.as_tensor(t).flatten()[0].item() == torch.as_tensor(first).item():
             torch.manual_seed(SHIFT_SEED)
-        calls += 1
 
     return hook
