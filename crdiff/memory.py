@@ -5,7 +5,8 @@ batched call fits. docs/config.md, "Memory at large sizes", states the rules and
   largest over its batches; on a CPU the process's peak RSS (`ru_maxrss`), a high-water mark of the
   whole process since it started, not of one job.
 - VAE decode (`vae_decode`: auto | whole | sliced | tiled): `auto` estimates the decode's memory from
-  the image size and, on CUDA only, slices (one image at a time) or tiles when it exceeds free memory.
+  the image size and, on CUDA only, slices (one image at a time) when it exceeds free memory; it never
+  tiles (a tiled image differs): `tiled` is set by the user for a whole table.
 - POA (`amplify.batched`: true | false | auto): `auto` on CUDA measures one branch's activations on the
   first call of each input shape (run sequentially) and batches later calls if twice that fits.
 """
