@@ -49,9 +49,9 @@ def _file(row, kind: str, metric: str | None = None) -> Path | None:
     return None if name is None else Path(row.output_dir) / name
 
 
-def per_image(run: pd.DataFrame, metric: str) -> np.ndarray | None:
-    """[seed sets, prompts] per-image values of `metric`, or None if a row has no per-image file."""
-    values = []
+def _per_image_tables(run: pd.DataFrame, metric: str) -> list[pd.DataFrame] | None:
+    """Each seed set's per-image table (in the run's order), or None if a row has no file or no `metric`."""
+    tables = []
     for row in _ordered(run).itertuples():
         path = _file(row, "per_image")
         if path is None or not path.is_file():
@@ -59,8 +59,16 @@ def per_image(run: pd.DataFrame, metric: str) -> np.ndarray | None:
         table = pd.read_csv(path)
         if metric not in table:
             return None
-        values.append(table.sort_values("index")[metric].to_numpy(np.float64))
-    return np.stack(values)
+        tables.append(table)
+    return tables
+
+
+def per_image(run: pd.DataFrame, metric: str) -> np.ndarray | None:
+    """[seed sets, prompts] per-image values of `metric`, or None if a row has no per-image file."""
+    tables = _per_image_tables(run, metric)
+    if tables is None:
+        return None
+    return np.stack([t.sort_values("index")[metric].to_numpy(np.float64) for t in tables])
 
 
 def features(run: pd.DataFrame, metric: str) -> tuple[list[torch.Tensor], torch.Tensor] | None:
@@ -78,15 +86,10 @@ def features(run: pd.DataFrame, metric: str) -> tuple[list[torch.Tensor], torch.
 def outcomes(run: pd.DataFrame, metric: str) -> pd.DataFrame | None:
     """(prompt, seed, `metric`) per distinct image of the run's seed sets (a (prompt, seed) drawn twice
     is one image), or None if a row has no per-image file."""
-    tables = []
-    for row in _ordered(run).itertuples():
-        path = _file(row, "per_image")
-        if path is None or not path.is_file():
-            return None
-        table = pd.read_csv(path)
-        if metric not in table:
-            return None
-        tables.append(table[["prompt", "seed", metric]])
+    tables = _per_image_tables(run, metric)
+    if tables is None:
+        return None
+    tables = [t[["prompt", "seed", metric]] for t in tables]
     return pd.concat(tables).drop_duplicates(["prompt", "seed"])
 
 

@@ -11,6 +11,7 @@ that differ, so a table never hides one of two runs.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import pandas as pd
@@ -51,12 +52,19 @@ def parse_filters(items: list[str]) -> dict[str, str]:
     return filters
 
 
-def defaults_of(experiment: str) -> dict[str, object]:
-    """The values an experiment file states for the comparable fields (its composed config): what its
-    table is built from unless told otherwise."""
+@functools.lru_cache(maxsize=None)
+def _composed(experiment: str):
+    """The experiment file's composed run config (composed once per process: Hydra takes about a second)."""
     from crdiff.experiment.planner import compose_runs
 
     ((_, run),) = compose_runs([f"experiment={experiment}"], sweep={})
+    return run
+
+
+def defaults_of(experiment: str) -> dict[str, object]:
+    """The values an experiment file states for the comparable fields (its composed config): what its
+    table is built from unless told otherwise."""
+    run = _composed(experiment)
     return {"k": run.amplify.k, "steps": run.sampler.steps, "guidance": run.sampler.guidance,
             "negative_prompt": run.sampler.negative_prompt, "preprocessing": run.metrics.preprocessing,
             "safety_checker": run.model.safety_checker}
@@ -67,9 +75,8 @@ def method_defaults(experiment: str) -> dict[str, dict[str, object]]:
     bwp's k = 1, a control's steps or guidance (`dense_steps2x`, `dense_cfg<s>`), dense's k = none. The
     run-wide values of `defaults_of` would drop those rows from their own experiment's table."""
     from crdiff.experiment import methods
-    from crdiff.experiment.planner import compose_runs
 
-    ((_, run),) = compose_runs([f"experiment={experiment}"], sweep={})
+    run = _composed(experiment)
     out = {}
     for name in run.methods:
         method = methods.get(run, name)
