@@ -1,11 +1,12 @@
 """Train the scenes miniature (SDXL's UNet layout, 64x64 only) and the scene encoder that ship inside crdiff.
 
-    python scripts/train_scenes.py           # ~60 min on 2 idle CPU cores; rewrites crdiff/assets/scenes-t2i/
+    python scripts/train_scenes.py           # ~70 min on 2 idle CPU cores; rewrites crdiff/assets/scenes-t2i/
     python scripts/train_scenes.py --out /tmp/scenes --work /tmp/scenes-work --unet-steps 20   # a quick look
 
 Resumable: run the same command again after a stop and it continues from the last checkpoint in --work
 (same weights as one uninterrupted run); --stop-after N ends a run after N UNet steps on purpose.
-Deterministic for a fixed --threads (default 1, the threads the shipped weights were trained with).
+Deterministic for a fixed --threads (default 2, the threads the shipped weights were trained with); train on an
+idle machine: two OpenMP threads beside other CPU work spin-wait on each other (10x slower).
 Records timings, the encoder's held-out accuracy and the SHA-256 of every weight file written in
 --report (default results/miniature_scenes/training.json).
 """
@@ -40,9 +41,11 @@ def main() -> None:
              "checkpoint_every")
     for name in names:
         parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name))
+    parser.add_argument("--min-snr-gamma", type=float, default=defaults.min_snr_gamma,
+                        help="Min-SNR loss weighting's gamma (0: plain epsilon loss, as attempts 1-3)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    cfg = TrainConfig(**{k: getattr(args, k) for k in names})
+    cfg = TrainConfig(**{k: getattr(args, k) for k in names}, min_snr_gamma=args.min_snr_gamma)
     pipeline_dir, encoder_file = args.out / scenes.PIPELINE_DIR.name, args.out / scenes.ENCODER_FILE.name
     if args.stop_after is not None and args.stop_after < 1:
         parser.error(f"--stop-after must be >= 1, got {args.stop_after}")

@@ -37,17 +37,23 @@ TOKENS = 32  # captions are at most ~16 CLIP tokens; a short context keeps cross
 @dataclass
 class TrainConfig:
     seed: int = 0
-    # Bit-reproducible for a fixed thread count. One thread: on a 2-core machine shared with other work,
-    # two OpenMP threads spin-wait on each other (measured: 8-33 s per UNet step against 2.4-3.0 s).
-    threads: int = 1
+    # Bit-reproducible for a fixed thread count (1 and 2 threads give different weights). Two threads on
+    # an idle 2-core machine: 0.60 s per UNet step against 0.87 s with one; but on a machine shared with
+    # other work two OpenMP threads spin-wait on each other (measured: 8-33 s per step), so train alone.
+    threads: int = 2
     encoder_steps: int = 300
     vae_steps: int = 1200
-    unet_steps: int = 3000
+    unet_steps: int = 6000
     batch_size: int = 32
     vae_batch_size: int = 16
     lr: float = 8e-4
     warmup: int = 200
     uncond_prob: float = 0.1  # captions dropped to "" (classifier-free guidance)
+    # Min-SNR loss weighting (Hang et al., ICCV 2023), epsilon prediction: each sample's loss is weighted by
+    # min(SNR(t), gamma) / SNR(t), so the nearly clean timesteps (easy denoising) no longer dominate and the
+    # noisy ones, where the layout and the caption's objects are decided, get the model's capacity.
+    # 0 turns it off (attempts 1-3 trained without it; results/miniature_scenes/attempts.md).
+    min_snr_gamma: float = 5.0
     ema_decay: float = 0.999
     checkpoint_every: int = 200
     # The VAE learns every evaluated size, in turn (one per step), as SDXL's VAE works at any size: only the
@@ -76,6 +82,8 @@ class TrainConfig:
                      "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.min_snr_gamma < 0:
+            raise ValueError(f"min_snr_gamma must be >= 0 (0: off), got {self.min_snr_gamma}")
 
 
 def _generator(cfg: TrainConfig, stage: str, step: int) -> torch.Generator:
@@ -209,7 +217,8 @@ def train_unet(cfg: TrainConfig, vae, tok, work: Path, stop_after: int | None = 
             x0 = vae.encode(scenes.batch(seeds)).latent_dist.mean * vae.config.scaling_factor
         noise = torch.randn(x0.shape, generator=generator)
         t = torch.randint(SCHEDULE["num_train_timesteps"], (cfg.batch_size,), generator=generator)
-        loss = F.mse_loss(unet(noise_schedule.add_noise(x0, noise, t), t, embeds).sample, noise)
+        error = F.mse_loss(unet(noise_schedule.add_noise(x0, noise, t), t, embeds).sample, noise, reduction="none")
+        loss = (error.mean(dim=(1, 2, 3)) * _loss_weights(noise_schedule, t, cfg.min_snr_gamma)).mean()
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -231,6 +240,15 @@ def train_unet(cfg: TrainConfig, vae, tok, work: Path, stop_after: int | None = 
         for p, e in zip(params, ema):
             p.copy_(e)
     return unet.eval().requires_grad_(False), text_encoder.eval().requires_grad_(False)
+
+
+def _loss_weights(noise_schedule, t: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Per-sample weights of the epsilon loss: min(SNR, gamma) / SNR (Min-SNR), or ones when gamma is 0."""
+    if gamma == 0:
+        return torch.ones(t.shape)
+    alpha_bar = noise_schedule.alphas_cumprod[t]
+    snr = alpha_bar / (1 - alpha_bar)
+    return snr.clamp(max=gamma) / snr
 
 
 def build_pipeline(vae, text_encoder, tok, unet):
