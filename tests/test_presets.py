@@ -171,11 +171,39 @@ def test_the_table_says_when_a_row_has_no_preset_or_one_that_did_not_beat_its_st
 
 
 @pytest.mark.parametrize("tiny", [False, True])
-def test_the_written_protocol_is_what_experiment_search_composes_to(tiny):
+@pytest.mark.parametrize("experiment", ["search", "scenes_search", "scenes_search30"])
+def test_each_written_protocol_is_what_its_experiment_composes_to(experiment, tiny):
     from crdiff.experiment import presets
     from crdiff.experiment.prompts import load_prompts
 
-    run = compose_run("experiment=search", f"metrics.tiny={tiny}")
+    run = compose_run(f"experiment={experiment}", f"metrics.tiny={tiny}", f"pruning.search_protocol={experiment}")
     p = run.prompts
     found = presets.objective(run, load_prompts(p.kind, p.path, p.limit, p.texts), [])
     assert {f: found[f] for f in presets.PROTOCOL} == presets.protocol(run)
+    assert run.experiment == experiment and presets.prefix(experiment) == presets.PROTOCOLS[experiment]["prefix"]
+
+
+def test_the_scenes_protocols_write_presets_of_their_own_names_and_tables_find_each_by_its_protocol(tmp_path):
+    from crdiff.experiment import presets
+    from crdiff.experiment.ratio_search import searches
+    from crdiff.models import Resolution
+
+    res = Resolution.parse("32x32")
+    names = {e: searches(compose_run(f"experiment={e}", "search.resolutions=[32x32]"))[0].preset
+             for e in ("scenes_search", "scenes_search30", "search")}
+    assert names == {"scenes_search": "searched_scenes_32x32", "scenes_search30": "searched30_scenes_32x32",
+                     "search": "searched_sdxl_32x32"}
+    for protocol in ("scenes_search", "scenes_search30"):
+        table = compose_run("experiment=scenes", f"pruning.search_protocol={protocol}",
+                            f"output_dir={tmp_path}")
+        assert presets.preset_name(table, res) == names[protocol]
+        assert presets.find(table, res) is None  # nothing searched yet: the fallback, marked
+        folder = tmp_path / "presets" / "pruning"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{names[protocol]}.yaml").write_text("ratios: {down: 0.2, mid: 0.3, up: 0.4}\n")
+        assert presets.find(table, res) == folder / f"{names[protocol]}.yaml"
+
+
+def test_an_unknown_search_protocol_is_refused():
+    with pytest.raises(ValueError, match="pruning.search_protocol"):
+        compose_run("experiment=scenes", "pruning.search_protocol=scenes")

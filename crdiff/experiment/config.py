@@ -67,6 +67,9 @@ class PruningConfig:
     # `ratios` (crdiff.experiment.presets); preset_path null: <output_dir>/presets/pruning, then conf/pruning
     searched: bool = False
     preset_path: list[str] | None = None
+    # whose presets pruning.searched takes: the search experiment whose protocol (and preset-name prefix) a
+    # preset must have (crdiff.experiment.presets.PROTOCOLS): search (REF's), scenes_search, scenes_search30
+    search_protocol: str = "search"
     # written by the search into its preset: what produced the ratios and how they did against the start
     # (crdiff.experiment.presets); `pruning.searched` checks them, pruning itself never reads them
     objective: dict[str, Any] | None = None
@@ -74,6 +77,9 @@ class PruningConfig:
 
     def __post_init__(self) -> None:
         _choice("pruning.kind", self.kind, ("blockwise", "uniform", "none"))
+        from crdiff.experiment.presets import PROTOCOLS
+
+        _choice("pruning.search_protocol", self.search_protocol, tuple(PROTOCOLS))
         if self.searched and self.kind != "blockwise":
             raise ValueError(f"pruning.searched takes block-wise presets; pruning.kind is {self.kind!r}")
         _choice("pruning.criterion", self.criterion, CRITERIA)

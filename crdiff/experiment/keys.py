@@ -26,7 +26,7 @@ EXCLUDED = frozenset({
     "RunConfig.vae_decode",
     "SamplerConfig.batch_size",
     # act through the ratios they resolve per resolution, and those join the key (crdiff.experiment.presets)
-    "PruningConfig.searched", "PruningConfig.preset_path",
+    "PruningConfig.searched", "PruningConfig.preset_path", "PruningConfig.search_protocol",
     "PruningConfig.objective", "PruningConfig.validation",  # a preset's provenance: never read by pruning
     "AmplifyConfig.batched", "CRDiffConfig.batched",
     "AmplifyConfig.weights", "CRDiffConfig.weights", "AmplifyConfig.memory_budget_gib", "CRDiffConfig.memory_budget_gib",

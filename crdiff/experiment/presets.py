@@ -1,11 +1,12 @@
 """Searched ratios per (model, resolution): `pruning.searched=true` takes, at each resolution a job runs,
-the preset `searched_<model>_<HxW>.yaml` that `task=search` wrote for that pair (crdiff.experiment.ratio_search).
+the preset `<prefix>_<model>_<HxW>.yaml` that a search wrote for that pair (crdiff.experiment.ratio_search):
+`searched_` for experiment=search (REF's protocol), and one prefix per other search protocol (`PROTOCOLS`).
 
 A preset records what produced it (`objective`: model source and revision, resolution, prompt set,
 scorer, the k images were scored with, steps, guidance, seed) and how its best point did against the
 start on held-out seeds (`validation`). `pruning.searched` accepts a preset only when its model,
-resolution, criterion and targets are the table's and its objective is `experiment=search`'s protocol;
-anything else (a refinement on a user's prompt, another scorer, other weights) is refused with the
+resolution, criterion and targets are the table's and its objective is the protocol the table names
+(`pruning.search_protocol`, default `search`); anything else (a refinement on a user's prompt, another scorer, other weights) is refused with the
 field that differs. Refinements are named `refined_<model>_<HxW>` and are never looked up here.
 
 Presets are found on `pruning.preset_path`, first hit wins; by default `<output_dir>/presets/pruning/`
@@ -30,9 +31,14 @@ SOURCES = ("searched preset", "fallback: pruning.ratios (no searched preset)", "
 PROTOCOL = ("scorer", "prompts_digest", "k", "steps", "guidance", "seed")
 
 
-def name(model: str, resolution: Resolution | str, refined: bool = False) -> str:
+def name(model: str, resolution: Resolution | str, refined: bool = False, prefix: str = "searched") -> str:
     """The preset a search of `model` at `resolution` writes; a refinement (k searched) is `refined_`."""
-    return f"{'refined' if refined else 'searched'}_{model.replace('/', '--')}_{resolution}"
+    return f"{'refined' if refined else prefix}_{model.replace('/', '--')}_{resolution}"
+
+
+def prefix(experiment: str) -> str:
+    """The preset-name prefix a search run by `experiment` writes (`searched` unless a protocol says)."""
+    return PROTOCOLS.get(experiment, {}).get("prefix", "searched")
 
 
 def scorer(run) -> str:
@@ -51,20 +57,35 @@ def objective(run, prompts, resolutions: list[Resolution]) -> dict[str, Any]:
             "negative_prompt": run.sampler.negative_prompt, "scheduler": run.sampler.scheduler}
 
 
-# experiment=search's objective (REF's, docs/method.md §2), written out so that this module needs no Hydra
-# composition; tests/test_presets.py checks that conf/experiment/search.yaml composes to the same
-SEARCH_PROTOCOL = {"scorer": "image_reward", "prompts": ("builtin", 2), "k": 1.0, "steps": 30, "guidance": 7.5,
-                   "seed": 24432}
+# The search protocols, by the experiment file that runs each, written out so that this module needs no
+# Hydra composition (tests/test_presets.py checks each against what its file composes to). experiment=search
+# is REF's (docs/method.md §2); the scenes miniature has REF's protocol on its own scorer (two fixed prompts,
+# k = 1) and a 30-prompt objective beside it, whose presets carry their own prefix so the two never collide.
+PROTOCOLS: dict[str, dict[str, Any]] = {
+    "search": {"prefix": "searched", "scorer": "image_reward", "prompts": ("builtin", 2), "k": 1.0, "steps": 30,
+               "guidance": 7.5, "seed": 24432},
+    "scenes_search": {"prefix": "searched", "scorer": "scene_composition", "prompts": ("scenes", 2), "k": 1.0,
+                      "steps": 20, "guidance": 3.0, "seed": 24432},
+    "scenes_search30": {"prefix": "searched30", "scorer": "scene_composition", "prompts": ("scenes", 30),
+                        "k": 1.0, "steps": 20, "guidance": 3.0, "seed": 100000},
+}
+SEARCH_PROTOCOL = PROTOCOLS["search"]
 
 
 def protocol(run) -> dict[str, Any]:
-    """The objective fields of `experiment=search` (its scorer on `run`'s stand-ins or real weights)."""
+    """The objective fields of the table's search protocol (its scorer on `run`'s stand-ins or real weights)."""
     from crdiff.experiment.prompts import load_prompts
 
-    kind, limit = SEARCH_PROTOCOL["prompts"]
-    return {"scorer": SEARCH_PROTOCOL["scorer"] + (" (stand-in)" if run.metrics.tiny else ""),
+    wanted = PROTOCOLS[run.pruning.search_protocol]
+    kind, limit = wanted["prompts"]
+    return {"scorer": wanted["scorer"] + (" (stand-in)" if run.metrics.tiny else ""),
             "prompts_digest": load_prompts(kind, None, limit, []).digest(),
-            **{f: SEARCH_PROTOCOL[f] for f in ("k", "steps", "guidance", "seed")}}
+            **{f: wanted[f] for f in ("k", "steps", "guidance", "seed")}}
+
+
+def preset_name(run, resolution: Resolution | str) -> str:
+    """The preset `pruning.searched` looks up for `run` at `resolution`."""
+    return name(run.model.name, resolution, prefix=PROTOCOLS[run.pruning.search_protocol]["prefix"])
 
 
 def preset_path(run) -> list[Path]:
@@ -75,7 +96,7 @@ def preset_path(run) -> list[Path]:
 
 def find(run, resolution: Resolution) -> Path | None:
     for folder in preset_path(run):
-        path = folder / f"{name(run.model.name, resolution)}.yaml"
+        path = folder / f"{preset_name(run, resolution)}.yaml"
         if path.is_file():
             return path
     return None
@@ -100,15 +121,18 @@ def read(path: Path, run, resolution: Resolution) -> dict[str, float]:
     recorded = preset.get("objective")
     if not recorded:
         raise ValueError(f"preset {path} records no objective (written before presets did); search again: "
-                         f"python -m crdiff.run experiment=search model={run.model.name} 'search.resolutions=[{resolution}]'")
+                         f"python -m crdiff.run experiment={run.pruning.search_protocol} model={run.model.name} "
+                         f"'search.resolutions=[{resolution}]'")
     weights = run.model.weights()
     table = {"source": weights.source, "revision": weights.revision, "resolution": str(resolution)}
     expected = {**table, **protocol(run)}
     for field, value in expected.items():
         if recorded.get(field) != value:
-            whose = "this table's" if field in table else "experiment=search's protocol"
+            protocol_name = run.pruning.search_protocol
+            whose = "this table's" if field in table else f"experiment={protocol_name}'s protocol"
             raise ValueError(f"preset {path}: objective.{field} is {recorded.get(field)!r}, {whose} is {value!r}; "
-                             "pruning.searched takes only presets of experiment=search for this model and resolution")
+                             f"pruning.searched takes only presets of experiment={protocol_name} (pruning.search_protocol) "
+                             "for this model and resolution")
     return validate_ratios(preset["ratios"])
 
 
@@ -139,7 +163,7 @@ def report(run, resolutions: list[Resolution]) -> None:
         _, source, path = ratios_at(run, res)
         if path is None:
             log.warning("no preset %s.yaml on %s: CR-Diff at %s uses pruning.ratios %s (marked in its rows and "
-                        "tables)", name(run.model.name, res), [str(p) for p in preset_path(run)], res,
+                        "tables)", preset_name(run, res), [str(p) for p in preset_path(run)], res,
                         run.pruning.ratios)
         else:
             log.info("CR-Diff at %s: ratios of %s", res, path)

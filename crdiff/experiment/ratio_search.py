@@ -132,7 +132,8 @@ def searches(run: RunConfig) -> list[Search]:
         groups = [tuple(Resolution.parse(t) for t in run.search.resolutions)]
     else:
         groups = [(res,) for _, res in run.resolutions.selected()]
-    found = [Search(g, presets.name(run.model.name, "_".join(str(r) for r in g), refined)) for g in groups]
+    prefix = presets.prefix(run.experiment)
+    found = [Search(g, presets.name(run.model.name, "_".join(str(r) for r in g), refined, prefix)) for g in groups]
     if run.search.preset_name:
         if len(found) > 1:
             raise ValueError(f"search.preset_name names one preset, but this job runs {len(found)} searches "
