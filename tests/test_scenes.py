@@ -318,3 +318,16 @@ def test_scenes_prompt_set_pairs_each_caption_with_its_real_scene():
         assert kinds(np.asarray(Image.open(path).convert("RGB"))) == scenes.kinds_of(prompt)
     with pytest.raises(ValueError, match="limit"):
         load_prompts("scenes", limit=0)
+
+
+def test_the_shipped_weights_are_the_recorded_training_run():
+    """crdiff/assets holds exactly the files `scripts/train_scenes.py` wrote in the run its report records."""
+    import hashlib
+
+    report = json.loads((ROOT / "results" / "miniature_scenes" / "training.json").read_text())
+    assets = scenes.PIPELINE_DIR.parent
+    shipped = {str(p.relative_to(assets)) for p in [*scenes.PIPELINE_DIR.glob("*/*.safetensors"), scenes.ENCODER_FILE]}
+    assert shipped == set(report["sha256"])
+    for name, digest in report["sha256"].items():
+        assert hashlib.sha256((assets / name).read_bytes()).hexdigest() == digest, name
+    assert report["finished"] and report["config"]["unet_steps"] == 6000 and report["config"]["min_snr_gamma"] == 5.0
