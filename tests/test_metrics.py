@@ -270,6 +270,61 @@ def test_intervals_and_mcnemar_against_scipy():
     assert intervals.mcnemar(dense, dense)["p"] == 1.0
 
 
+def test_jackknife_of_a_mean_is_the_t_interval_and_groups_are_seeded_and_even():
+    """Delete-one (one group per prompt) jackknife of a mean: se = s / sqrt(n) exactly, so the interval
+    is the textbook t interval; groups are a seeded split of every prompt, as even as possible."""
+    from scipy import stats
+
+    from crdiff.metrics import intervals
+
+    values = np.random.default_rng(3).normal(2.0, 0.7, 30)
+    low, high = intervals.jackknife(lambda idx: values[idx].mean(), 30, count=30)
+    half = stats.t.ppf(0.975, 29) * values.std(ddof=1) / np.sqrt(30)
+    assert low == pytest.approx(values.mean() - half, abs=1e-12) and high == pytest.approx(values.mean() + half, abs=1e-12)
+    parts = intervals.groups(30, 4, seed=5)
+    assert sorted(np.concatenate(parts).tolist()) == list(range(30)) and [len(g) for g in parts] == [8, 8, 7, 7]
+    assert all(np.array_equal(a, b) for a, b in zip(parts, intervals.groups(30, 4, seed=5)))
+    assert len(intervals.groups(3, 20)) == 3  # at most one group per prompt
+    assert intervals.jackknife(lambda idx: 0.0, 1) is None and intervals.jackknife(lambda idx: 0.0, 10, 0) is None
+
+
+def test_a_fid_cell_interval_contains_its_value_where_the_percentile_bootstrap_did_not(tmp_path):
+    """The defect of issue 21: a bootstrap resample repeats images and raises FID, so its percentile interval
+    lay above the value. The jackknife cell and gain intervals are centred on the estimates."""
+    import pandas as pd
+    import torch
+
+    from crdiff.metrics import intervals
+    from crdiff.metrics.fid import frechet
+    from crdiff.report import cells
+
+    rng = np.random.default_rng(0)
+    reference, fake = rng.normal(0, 1, (400, 8)), rng.normal(0.1, 1, (60, 8))
+    other = fake + rng.normal(0, 0.3, fake.shape)  # a method's images: the same prompts and seeds, changed a little
+    value = frechet(torch.from_numpy(reference), torch.from_numpy(fake))
+    old = intervals.interval(lambda idx: frechet(torch.from_numpy(reference), torch.from_numpy(fake[idx])), 60, 50, 0)
+    assert old[0] > value  # the old scheme's interval excludes its own value
+    rows = []
+    for method, features in (("dense", fake), ("crdiff", other)):
+        np.save(tmp_path / f"{method}.npy", features)
+        rows.append({"method": method, "seed": 0, "output_dir": str(tmp_path), "intervals": {},
+                     "fid": frechet(torch.from_numpy(reference), torch.from_numpy(features)),
+                     "fid_lo": old[0], "fid_hi": old[1],  # as a row scored before stored it
+                     "scores": {"features": {"fid": f"{method}.npy"}, "reference": {"fid": "reference.npy"}}})
+    np.save(tmp_path / "reference.npy", reference)
+    table = pd.DataFrame(rows)
+    dense, crdiff = table[table.method == "dense"], table[table.method == "crdiff"]
+    found = cells.cell(dense, "fid")
+    assert found.value == value and found.ci95[0] <= value <= found.ci95[1] and found.ci95 != old
+    assert found.ci95[1] - value == pytest.approx(value - found.ci95[0]) or found.ci95[0] == 0.0
+    gain = cells.gain(crdiff, dense, "fid")
+    assert gain.value == pytest.approx(crdiff.fid.iloc[0] - value)
+    assert gain.ci95[0] <= gain.value <= gain.ci95[1]
+    # paired: the same groups left out on both sides, so a method equal to dense gains exactly 0 in every group
+    same = cells.gain(dense.assign(method="crdiff"), dense, "fid")
+    assert same.value == 0.0 and same.ci95 == [0.0, 0.0]
+
+
 def test_per_image_values_of_one_image_keep_one_row():
     """torchmetrics squeezes a one-element result to 0-d; per-image values stay one row per image."""
     import torch

@@ -330,4 +330,5 @@ def test_the_shipped_weights_are_the_recorded_training_run():
     assert shipped == set(report["sha256"])
     for name, digest in report["sha256"].items():
         assert hashlib.sha256((assets / name).read_bytes()).hexdigest() == digest, name
+    assert sum((assets / name).stat().st_size for name in shipped) <= 80e6  # tens of MB
     assert report["finished"] and report["config"]["unet_steps"] == 6000 and report["config"]["min_snr_gamma"] == 5.0

@@ -28,7 +28,7 @@ def test_tables_select_one_run_per_cell_with_intervals_from_per_image_scores(tmp
     out = tmp_path / "out"
     common = ["experiment=smoke", "prompts=csv", f"prompts.path={reference_prompts(tmp_path)}",
               "metrics.names=[fid,clip]", "resolutions.sets=[default]", f"output_dir={out}",
-              "metrics.feature_resamples=20", "metrics.resamples=200"]
+              "metrics.feature_groups=4", "metrics.resamples=200"]
     execute(compose_run(*common))                        # seed set 0, k = 1.5 (smoke's)
     execute(compose_run(*common, "sampler.seed=1"))      # a second seed set of the same cells
     execute(compose_run(*common, "amplify.k=3.0", "methods=[crdiff]"))  # the same cell at another k
@@ -110,6 +110,31 @@ def test_rows_scored_before_per_image_scores_are_rescored_by_rerunning_the_comma
     row = json.loads(path.read_text())
     assert (out / row["scores"]["per_image"]).is_file() and row["ci95"]["clip"] is not None
     assert row["metrics"]["clip"] == pytest.approx(first["table"]["clip"][0], abs=1e-12)
+
+
+def test_fid_intervals_of_rows_scored_with_the_bootstrap_are_redone_from_kept_features(tmp_path):
+    """A row whose FID interval came from the percentile bootstrap (before the jackknife) gets the jackknife
+    interval from its kept features when its command runs again: no image drawn, no feature recomputed."""
+    from crdiff.metrics import intervals
+
+    out = tmp_path / "out"
+    args = ["experiment=smoke", "prompts=csv", f"prompts.path={reference_prompts(tmp_path)}", "metrics.names=[fid]",
+            "resolutions.sets=[default]", "methods=[dense]", "metrics.feature_groups=4", f"output_dir={out}"]
+    execute(compose_run(*args))
+    (path,) = (out / "results").glob("*.json")
+    row = json.loads(path.read_text())
+    assert row["intervals"]["feature_method"] == intervals.FEATURE_METHOD
+    fresh = row["ci95"]["fid"]
+    assert fresh[0] <= row["metrics"]["fid"] <= fresh[1]
+    features = (out / row["scores"]["features"]["fid"]).stat().st_mtime_ns
+    old = {**row, "ci95": {"fid": [1e6, 2e6]}, "intervals": {k: v for k, v in row["intervals"].items()
+                                                             if k not in ("feature_method", "feature_groups")}}
+    path.write_text(json.dumps(old))
+    again = execute(compose_run(*args))
+    assert again["generated"] == 0
+    row = json.loads(path.read_text())
+    assert row["ci95"]["fid"] == pytest.approx(fresh, abs=1e-9) and row["intervals"]["feature_method"]
+    assert (out / row["scores"]["features"]["fid"]).stat().st_mtime_ns == features
 
 
 def test_two_rows_of_one_seed_set_are_two_runs_not_two_replicates():

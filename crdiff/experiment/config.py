@@ -198,10 +198,11 @@ class MetricsConfig:
     kid_subset_size: int = 1000
     clip_arch: str = "ViT-L-14"
     clip_pretrained: str = "openai"
-    # 95% bootstrap intervals over prompts (crdiff.metrics.intervals): resamples of per-image means, of
-    # FID / KID (each recomputes the distance: seconds per resample of 5,000 images on a CPU), their seed
+    # 95% intervals over prompts (crdiff.metrics.intervals): bootstrap resamples of per-image means; groups
+    # of the delete-a-group jackknife of FID / KID (each group one recomputation of the distance: seconds
+    # at 5,000 images on a CPU); their seed
     resamples: int = 1000
-    feature_resamples: int = 50
+    feature_groups: int = 20
     interval_seed: int = 0
 
     def __post_init__(self) -> None:
@@ -212,10 +213,12 @@ class MetricsConfig:
         _choice("metrics.preprocessing", self.preprocessing, PREPROCESSING)
         if self.batch_size < 1:
             raise ValueError(f"metrics.batch_size is {self.batch_size}; it must be a positive integer")
-        for name in ("resamples", "feature_resamples"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"metrics.{name} is {value!r}; it must be a whole number >= 0 (0: no interval)")
+        if isinstance(self.resamples, bool) or not isinstance(self.resamples, int) or self.resamples < 0:
+            raise ValueError(f"metrics.resamples is {self.resamples!r}; it must be a whole number >= 0 (0: no interval)")
+        groups = self.feature_groups
+        if isinstance(groups, bool) or not isinstance(groups, int) or groups == 1 or groups < 0:
+            raise ValueError(f"metrics.feature_groups is {groups!r}; it must be 0 (no interval) or a whole number "
+                             ">= 2 (the jackknife's groups, at most one per prompt)")
 
     @property
     def needs_reference(self) -> bool:

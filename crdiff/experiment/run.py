@@ -27,6 +27,7 @@ from crdiff.pruning import GROUPS
 from crdiff.experiment import methods
 from crdiff.experiment.keys import METRICS_VERSION, run_key
 from crdiff.experiment.results import load_table, provenance, write_row
+from crdiff.metrics import intervals
 from crdiff.metrics.fid import KID_SUBSETS
 
 log = logging.getLogger("crdiff")
@@ -238,7 +239,15 @@ def scored(p: Plan, job: Job) -> dict[str, Any] | None:
     paths = [files.get("per_image"), *files.get("features", {}).values(), *files.get("reference", {}).values()]
     if names and not all(path and (p.output_dir / path).is_file() for path in paths):
         return None
-    return {"metrics": old["metrics"], "ci95": old["ci95"], "scores": files}
+    ci95 = dict(old["ci95"])
+    if (old.get("intervals") or {}).get("feature_method") != intervals.FEATURE_METHOD:
+        # scored before FID / KID had the jackknife: their intervals again from the kept features
+        from crdiff.experiment.scoring import kept_feature_interval
+
+        for name in set(files.get("features", {})) & names:
+            ci95[name] = kept_feature_interval(name, p.output_dir / files["features"][name],
+                                               p.output_dir / files["reference"][name], p.run.metrics, len(p.prompts))
+    return {"metrics": old["metrics"], "ci95": ci95, "scores": files}
 
 
 def score_all(p: Plan, ranks: distributed.Ranks, device: str) -> dict[str, dict[str, Any]]:
@@ -297,8 +306,9 @@ def row(p: Plan, job: Job, prov: dict[str, Any], scores: dict[str, Any]) -> dict
         **cost(job.folder, list(range(len(p.prompts)))),
         "preprocessing": p.run.metrics.preprocessing, **checks.count(job.folder, len(p.prompts)),
         "provenance": prov, **(scores or {"metrics": {}, "ci95": {}, "scores": {}}),
-        "intervals": {"resamples": p.run.metrics.resamples, "feature_resamples": p.run.metrics.feature_resamples,
+        "intervals": {"resamples": p.run.metrics.resamples, "feature_groups": p.run.metrics.feature_groups,
                       "seed": p.run.metrics.interval_seed, "level": 0.95, "method": "percentile bootstrap over prompts",
+                      "feature_method": intervals.FEATURE_METHOD,
                       "kid_subsets": KID_SUBSETS, "kid_subset_size": min(p.run.metrics.kid_subset_size, len(p.prompts))},
         # how rank 0 held the pruned weights (amplify.weights resolved); kept from the last run that generated
         "weights": p.weights[job.key] if job.key in p.weights else old.get("weights"),

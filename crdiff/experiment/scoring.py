@@ -76,11 +76,38 @@ class JobScores:
 
 def feature_interval(metric: ImageMetric, reference: torch.Tensor, features: torch.Tensor, cfg: MetricsConfig,
                      device: str) -> list[float] | None:
-    """95% interval of FID / KID over resamples of the generated images (the reference stays fixed),
-    computed on `device` (a GPU where there is one: each resample is a covariance and an eigen-solve)."""
+    """95% delete-a-group jackknife interval of FID / KID over the generated images (the reference stays
+    fixed), computed on `device` (a GPU where there is one: each group is a covariance and an eigen-solve)."""
     reference, features = reference.to(device), features.to(device)
-    return intervals.interval(lambda idx: metric.value(reference, features[torch.as_tensor(idx, device=device)]),
-                              len(features), cfg.feature_resamples, cfg.interval_seed)
+    return _floor(metric.name, intervals.jackknife(
+        lambda idx: metric.value(reference, features[torch.as_tensor(idx, device=device)]),
+        len(features), cfg.feature_groups, cfg.interval_seed))
+
+
+def _floor(name: str, ci: list[float] | None) -> list[float] | None:
+    """A Fréchet distance's interval clipped at 0, the least it can be (KID's unbiased estimate can be < 0)."""
+    return ci if ci is None or name == "kid" else [max(ci[0], 0.0), ci[1]]
+
+
+def distance(name: str, kid_subsets: int, kid_subset_size: int) -> Callable:
+    """The function (reference, generated features) -> value of the FID / KID-like metric `name`
+    (the scene / digit Fréchet distances are FIDs on other features)."""
+    from crdiff.metrics.fid import frechet, kernel_distance
+
+    if name == "kid":
+        return lambda real, fake: kernel_distance(real, fake, kid_subsets, kid_subset_size)
+    return frechet
+
+
+def kept_feature_interval(name: str, features: Path, reference: Path, cfg: MetricsConfig,
+                          n_prompts: int) -> list[float] | None:
+    """The jackknife interval of a stored row's FID / KID from its kept feature files (no image redrawn)."""
+    from crdiff.metrics.fid import KID_SUBSETS
+
+    fake, real = (torch.from_numpy(np.load(f)).double() for f in (features, reference))
+    value = distance(name, KID_SUBSETS, min(cfg.kid_subset_size, n_prompts))
+    return _floor(name, intervals.jackknife(lambda idx: value(real, fake[torch.as_tensor(idx)]), len(fake),
+                                            cfg.feature_groups, cfg.interval_seed))
 
 
 def score_job(metrics: dict[str, ImageMetric], cfg: MetricsConfig, prompts: PromptSet, folder: Path,

@@ -104,14 +104,11 @@ def mcnemar(method: pd.DataFrame, dense: pd.DataFrame, metric: str) -> dict | No
 
 def distance(metric: str, run: pd.DataFrame):
     """The function (reference, generated features) -> value that scored `metric` in these rows."""
-    from crdiff.metrics.fid import frechet, kernel_distance
+    from crdiff.experiment.scoring import distance as of_metric
 
-    if metric == "kid":
-        settings = run.iloc[0].get("intervals") if "intervals" in run else None
-        settings = settings if isinstance(settings, dict) else {}
-        return lambda real, fake: kernel_distance(real, fake, settings.get("kid_subsets", 100),
-                                                  settings.get("kid_subset_size", 1000))
-    return frechet
+    settings = run.iloc[0].get("intervals") if "intervals" in run else None
+    settings = settings if isinstance(settings, dict) else {}
+    return of_metric(metric, settings.get("kid_subsets", 100), settings.get("kid_subset_size", 1000))
 
 
 def _spread(values: list[float]) -> float | None:
@@ -119,33 +116,37 @@ def _spread(values: list[float]) -> float | None:
 
 
 def cell(run: pd.DataFrame, metric: str, resamples: int = intervals.RESAMPLES,
-         feature_resamples: int = intervals.FEATURE_RESAMPLES, seed: int = intervals.SEED,
+         feature_groups: int = intervals.FEATURE_GROUPS, seed: int = intervals.SEED,
          device: str = "cpu") -> Estimate | None:
-    """One cell's estimate of `metric` over the run's seed sets (None where the rows lack it)."""
+    """One cell's estimate of `metric` over the run's seed sets (None where the rows lack it). FID / KID
+    intervals are always recomputed from the kept features (the jackknife, also for rows scored with an
+    older scheme); a FID cell's lower end is clipped at 0, the least a distance can be."""
     if metric not in run or run[metric].isna().any():
         return None
     per_set = [float(v) for v in _ordered(run)[metric]]
     value = float(np.mean(per_set))
-    if len(run) == 1:  # its interval was computed when it was scored
+    found = features(run, metric) if metric in REFERENCE_METRICS else None
+    if len(run) == 1 and found is None:  # its interval was computed when it was scored
         row = run.iloc[0]
         lo, hi = row.get(f"{metric}_lo"), row.get(f"{metric}_hi")
         return Estimate(value, None if pd.isna(lo) or pd.isna(hi) else [float(lo), float(hi)])
     ci = None
-    if metric in REFERENCE_METRICS:
-        found = features(run, metric)
-        if found is not None:
-            generated, reference = [g.to(device) for g in found[0]], found[1].to(device)
-            score = distance(metric, run)
-            ci = intervals.interval(lambda idx: float(np.mean([score(reference, g[idx]) for g in generated])),
-                                    generated[0].shape[0], feature_resamples, seed)
-    else:
+    if found is not None:
+        generated, reference = [g.to(device) for g in found[0]], found[1].to(device)
+        score = distance(metric, run)
+        ci = intervals.jackknife(lambda idx: float(np.mean([score(reference, g[torch.as_tensor(idx, device=device)])
+                                                            for g in generated])),
+                                 generated[0].shape[0], feature_groups, seed)
+        if ci is not None and metric != "kid":  # a Fréchet distance is >= 0; KID's unbiased estimate is not
+            ci[0] = max(ci[0], 0.0)
+    elif metric not in REFERENCE_METRICS:
         values = per_image(run, metric)
         ci = None if values is None else intervals.mean_interval(values, resamples, seed)
     return Estimate(value, ci, _spread(per_set), len(run))
 
 
 def gain(method: pd.DataFrame, dense: pd.DataFrame, metric: str, resamples: int = intervals.RESAMPLES,
-         feature_resamples: int = intervals.FEATURE_RESAMPLES, seed: int = intervals.SEED,
+         feature_groups: int = intervals.FEATURE_GROUPS, seed: int = intervals.SEED,
          device: str = "cpu") -> Estimate | None:
     """method - dense on `metric` with a paired interval (the same prompts and seed sets resampled on both
     sides) on the seed sets both have; None where either side lacks the metric or no seed set is shared."""
@@ -165,9 +166,10 @@ def gain(method: pd.DataFrame, dense: pd.DataFrame, metric: str, resamples: int 
             return Estimate(value, None, spread, len(method))
         score, reference = distance(metric, method), ours[1].to(device)
         a, b = [g.to(device) for g in ours[0]], [g.to(device) for g in theirs[0]]
-        ci = intervals.interval(lambda idx: float(np.mean([score(reference, x[idx]) - score(reference, y[idx])
-                                                           for x, y in zip(a, b)])),
-                                a[0].shape[0], feature_resamples, seed)
+        ci = intervals.jackknife(lambda idx: float(np.mean([score(reference, x[torch.as_tensor(idx, device=device)])
+                                                            - score(reference, y[torch.as_tensor(idx, device=device)])
+                                                            for x, y in zip(a, b)])),
+                                 a[0].shape[0], feature_groups, seed)  # the same groups left out on both sides
         return Estimate(value, ci, spread, len(method))
     ours, theirs = per_image(method, metric), per_image(dense, metric)
     if ours is None or theirs is None:

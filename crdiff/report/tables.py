@@ -55,7 +55,7 @@ def _interval_settings(run: pd.DataFrame) -> dict:
     stored = run.iloc[0].get("intervals") if "intervals" in run else None
     stored = stored if isinstance(stored, dict) else {}
     return {"resamples": stored.get("resamples", intervals.RESAMPLES),
-            "feature_resamples": stored.get("feature_resamples", intervals.FEATURE_RESAMPLES),
+            "feature_groups": stored.get("feature_groups", intervals.FEATURE_GROUPS),  # older rows: the default
             "seed": stored.get("seed", intervals.SEED)}
 
 
