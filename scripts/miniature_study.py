@@ -66,8 +66,9 @@ def header(title: str, rows: pd.DataFrame, command: str, output_dir: str, reduce
             *([f"- {REDUCED.format(reduced)}"] if reduced else []),
             "- cells: value [lo, hi], the 95% bootstrap interval over prompts (seed sets resampled together), "
             "and with several seed sets the standard deviation of the per-set values (seeds ±s); bold: better than "
-            "the other side of a paired 95% interval over dense that excludes 0; digit-FID's interval lies partly "
-            "or wholly above its value (a resample repeats images), the paired gains are the ones to read", ""]
+            "the other side of a paired 95% interval over dense that excludes 0; digit-FID's interval is a delete-a-group "
+            "jackknife over prompts (20 groups, centred on the value, clipped at 0): its sampling spread at this "
+            "size, not its distance from the floor below", ""]
 
 
 def ordered(rows: pd.DataFrame) -> pd.DataFrame:

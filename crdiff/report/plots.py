@@ -23,7 +23,7 @@ def _errorbar(ax, x, group: pd.DataFrame, metric: str, **style) -> None:
     """A line with the cells' 95% intervals as error bars where they have one."""
     lo, hi = f"{metric}_lo", f"{metric}_hi"
     if lo in group and group[lo].notna().all():
-        # clipped at 0: a resampled FID's interval may lie wholly above its value (crdiff.metrics.intervals)
+        # clipped at 0: an interval read from rows written before the jackknife may lie above its value
         yerr = [(group[metric] - group[lo]).clip(lower=0), (group[hi] - group[metric]).clip(lower=0)]
         ax.errorbar(x, group[metric], yerr=yerr, marker="o", capsize=3, **style)
     else:

@@ -2,8 +2,8 @@
 comparison with the paper (dense calibration first).
 
 Layout (as the paper): one row per (model, resolution), for each metric a dense and a CR-Diff column,
-each cell `value [lo, hi]`, its 95% interval written out (crdiff.report.cells): bootstrap intervals are
-asymmetric (FID's often lies above its value), so a `± half-width` would misstate them. A cell is marked
+each cell `value [lo, hi]`, its 95% interval written out (crdiff.report.cells): bootstrap intervals of
+means are asymmetric and FID's jackknife interval is clipped at 0, so a `± half-width` would misstate them. A cell is marked
 (bold in Markdown / LaTeX, `*` in CSV) only where a paired comparison separates it (`separated`): a
 method better than dense by a paired 95% interval that excludes 0, dense better than every method that
 way; without paired gains (the paper's own numbers) nothing is marked. A cell without a row reads
