@@ -38,7 +38,8 @@ from crdiff.report.tables import (COST, METRICS, aggregate, cost_note, gains, ga
                                   to_markdown, with_interval)
 
 NAMES = ["digit_accuracy", "digit_fid"]
-COST_TITLES = {"denoiser_calls": "denoiser calls per image (counted)", "seconds_per_image": "seconds per image"}
+COST_TITLES = {"denoiser_calls": "denoiser calls per image (counted)", "seconds_per_image": "seconds per image",
+               "peak_memory_gib": "peak memory (GiB; on a CPU the process's high-water mark, not per row)"}
 SEEDS = "sampler.seed=0,1000,2000"
 # the command each table came from (the module docstring's, without output_dir)
 COMMANDS = {

@@ -1,7 +1,7 @@
 """The scenes miniature's first measurement: dense at the training size (64x64) and at SDXL's hard sizes
 scaled down (32x32: 0.5x each side, as 1024 -> 512; 24x32: 400x560; 32x24: 480x360), read by the detector.
 
-    python scripts/scenes_failure.py                 # the shipped model, 200 prompts, ~10 min on 2 idle cores
+    python scripts/scenes_failure.py                 # the shipped model, 200 prompts, ~2 min on 2 idle cores
     python scripts/scenes_failure.py --work .cache/train_scenes --prompts 50 --sizes 64x64   # a run mid-training
 
 Writes to --out (default results/miniature_scenes/): failure.csv (one row per image: its reading by the

@@ -125,5 +125,31 @@ def test_documented_script_runs_or_says_why_not(command, coco, tmp_path, capsys)
         args = [str(tmp_path / "tables") if a.startswith("results/") else a for a in args]
         assert script(command.program).main(args) == 0
         assert list((tmp_path / "tables").iterdir())
+    elif command.program == "scripts/scenes_failure.py":  # the shipped scenes model, as written, on 2 prompts
+        import runpy
+        import sys
+
+        out = tmp_path / "failure"
+        argv = [command.program, *args, "--prompts", "2", "--sizes", "64x64", "32x32", "--detector-scenes", "2",
+                "--out", str(out)]
+        old_argv, sys.argv = sys.argv, argv
+        try:
+            runpy.run_path(str(ROOT / command.program), run_name="__main__")
+        finally:
+            sys.argv = old_argv
+        assert (out / "failure.md").is_file() and len((out / "failure.csv").read_text().splitlines()) == 1 + 2 * 2
+    elif command.program == "scripts/scenes_study.py":  # the rows of a tiny scenes_baselines run, then the tables
+        from crdiff.experiment.run import execute
+
+        folder = tmp_path / "outputs"
+        (_, run), = planner.compose_runs(["experiment=scenes_baselines", "prompts.limit=2", "sampler.steps=2",
+                                          "sampler.batch_size=2", "resolutions.unseen=[32x32]",
+                                          f"output_dir={folder}"], sweep={})
+        execute(run)
+        args = [str(folder) if a == "outputs" else str(tmp_path / "tables") if a.startswith("results/") else a
+                for a in args]
+        assert script(command.program).main(args) == 0
+        table = (tmp_path / "tables" / "baselines.md").read_text()
+        assert "composition↑" in table and "| random_mask |" in table and "McNemar" in table
     else:
         pytest.fail(f"{command.program} is documented but neither run here nor in NOT_RUN with a reason")

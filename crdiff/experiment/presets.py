@@ -41,9 +41,17 @@ def prefix(experiment: str) -> str:
     return PROTOCOLS.get(experiment, {}).get("prefix", "searched")
 
 
+def _label(metric: str, tiny: bool) -> str:
+    """A scorer as a preset records it: stand-ins are not the real weights (the miniatures' metrics have
+    none: tiny or not, they are the shipped models)."""
+    from crdiff.metrics.registry import MINIATURE_PREFIXES
+
+    return metric + (" (stand-in)" if tiny and not metric.startswith(MINIATURE_PREFIXES) else "")
+
+
 def scorer(run) -> str:
-    """The search's scorer as a preset records it: stand-ins are not the real weights."""
-    return run.search.metric + (" (stand-in)" if run.metrics.tiny else "")
+    """The search's scorer as a preset records it."""
+    return _label(run.search.metric, run.metrics.tiny)
 
 
 def objective(run, prompts, resolutions: list[Resolution]) -> dict[str, Any]:
@@ -78,7 +86,7 @@ def protocol(run) -> dict[str, Any]:
 
     wanted = PROTOCOLS[run.pruning.search_protocol]
     kind, limit = wanted["prompts"]
-    return {"scorer": wanted["scorer"] + (" (stand-in)" if run.metrics.tiny else ""),
+    return {"scorer": _label(wanted["scorer"], run.metrics.tiny),
             "prompts_digest": load_prompts(kind, None, limit, []).digest(),
             **{f: wanted[f] for f in ("k", "steps", "guidance", "seed")}}
 

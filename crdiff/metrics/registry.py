@@ -8,7 +8,7 @@ METRICS = ("fid", "kid", "clip", "image_reward", "pickscore", "aesthetic", "digi
            "scene_fd", "scene_composition", "scene_count_error", "scene_duplication", "scene_missing")
 REFERENCE_METRICS = ("fid", "kid", "digit_fid", "scene_fd")  # distribution metrics: they need real reference images
 MINIATURE_PREFIXES = ("digit_", "scene_")  # the miniatures' metrics: the shipped models, tiny or not
-BINARY_METRICS = ("digit_accuracy",)  # per-image 0 / 1 outcomes: paired gains also get McNemar's exact test
+BINARY_METRICS = ("digit_accuracy", "scene_composition", "scene_duplication", "scene_missing")  # per-image 0 / 1 outcomes: paired gains also get McNemar's exact test
 
 
 def metric_class(name: str) -> type[ImageMetric]:

@@ -25,6 +25,10 @@ METRICS = {
     "pickscore": ("PickScore↑", True), "aesthetic": ("Aesthetic↑", True), "kid": ("KID↓", False),
     # the miniature's analogues (crdiff.metrics.digits)
     "digit_fid": ("digit-FID↓", False), "digit_accuracy": ("digit-acc↑", True),
+    # the scenes miniature's (crdiff.metrics.scenes): read by the detector, per image
+    "scene_fd": ("scene-FD↓", False), "scene_composition": ("composition↑", True),
+    "scene_count_error": ("count error↓", False), "scene_duplication": ("duplication↓", False),
+    "scene_missing": ("missing↓", False),
 }
 # cost per image (crdiff.experiment.sampling.cost), shown after the metrics and never marked better
 # or worse: denoiser passes counted while drawing, wall seconds measured on the device the rows name,
