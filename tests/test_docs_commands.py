@@ -132,11 +132,14 @@ def test_documented_script_runs_or_says_why_not(command, coco, tmp_path, capsys)
         out = tmp_path / "failure"
         argv = [command.program, *args, "--prompts", "2", "--sizes", "64x64", "32x32", "--detector-scenes", "2",
                 "--out", str(out)]
-        old_argv, sys.argv = sys.argv, argv
+        import torch
+
+        old_argv, sys.argv, threads = sys.argv, argv, torch.get_num_threads()
         try:
             runpy.run_path(str(ROOT / command.program), run_name="__main__")
-        finally:
+        finally:  # the script sets torch's thread count; later tests' images depend on it
             sys.argv = old_argv
+            torch.set_num_threads(threads)
         assert (out / "failure.md").is_file() and len((out / "failure.csv").read_text().splitlines()) == 1 + 2 * 2
     elif command.program == "scripts/scenes_study.py":  # the rows of a tiny scenes_baselines run, then the tables
         from crdiff.experiment.run import execute

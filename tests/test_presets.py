@@ -194,8 +194,8 @@ def test_the_scenes_protocols_write_presets_of_their_own_names_and_tables_find_e
     assert names == {"scenes_search": "searched_scenes_32x32", "scenes_search30": "searched30_scenes_32x32",
                      "search": "searched_sdxl_32x32"}
     for protocol in ("scenes_search", "scenes_search30"):
-        table = compose_run("experiment=scenes", f"pruning.search_protocol={protocol}",
-                            f"output_dir={tmp_path}")
+        table = compose_run("experiment=scenes", f"pruning.search_protocol={protocol}", f"output_dir={tmp_path}",
+                            f"pruning.preset_path=[{tmp_path / 'presets' / 'pruning'}]")  # not conf/pruning's
         assert presets.preset_name(table, res) == names[protocol]
         assert presets.find(table, res) is None  # nothing searched yet: the fallback, marked
         folder = tmp_path / "presets" / "pruning"

@@ -31,6 +31,10 @@ EXCLUDED = frozenset({
     "AmplifyConfig.batched", "CRDiffConfig.batched",
     "AmplifyConfig.weights", "CRDiffConfig.weights", "AmplifyConfig.memory_budget_gib", "CRDiffConfig.memory_budget_gib",
     "MetricsConfig.batch_size",
+    # the jackknife's groups of FID / KID intervals (rows record them); `semantic` writes the field the key
+    # held before in its place (LEGACY), so rows scored with the bootstrap keep their keys and rerunning
+    # their command redoes their intervals from kept features instead of rescoring into new rows
+    "MetricsConfig.feature_groups",
     "RatioSearchConfig.preset_root", "RatioSearchConfig.preset_name", "RatioSearchConfig.compare",
     "RatioSearchConfig.validation_seeds",  # scored after the search: it never changes the walk
     "PruningConfig.model_kind",  # a guard: it refuses a model, never changes an image
@@ -41,11 +45,16 @@ METRICS_VERSION = 3  # 2: CLIP score on QuickGELU for OpenAI weights (issue 12);
 # image order (rank-count independent), per-image scores and 95% intervals in every row (issue 21)
 
 
+# fields a key holds at a fixed value in place of a renamed one (see EXCLUDED), so that old keys stay valid
+LEGACY = {"MetricsConfig": {"feature_resamples": 50}}
+
+
 def semantic(value: Any) -> Any:
     """`value` (dataclasses, mappings, sequences, scalars) as plain JSON data without `EXCLUDED` fields."""
     if is_dataclass(value) and not isinstance(value, type):
         cls = type(value).__name__
-        return {f.name: semantic(getattr(value, f.name)) for f in fields(value) if f"{cls}.{f.name}" not in EXCLUDED}
+        return {**{f.name: semantic(getattr(value, f.name)) for f in fields(value)
+                   if f"{cls}.{f.name}" not in EXCLUDED}, **LEGACY.get(cls, {})}
     if isinstance(value, Mapping):
         return {str(name): semantic(item) for name, item in value.items()}
     if isinstance(value, (list, tuple)):
