@@ -53,7 +53,7 @@ def main() -> None:
     if not report["finished"]:
         print(json.dumps(report, indent=1))
         return
-    weights = sorted([*pipeline_dir.glob("*/*.safetensors"), encoder_file])
+    weights = sorted([*pipeline_dir.glob("*/*.safetensors"), *pipeline_dir.glob("*/*.index.json"), encoder_file])
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     report.update(config={k: v for k, v in vars(cfg).items() if k not in ("unet", "text_encoder")},
                   sha256={str(p.relative_to(args.out)): sha256(p) for p in weights}, commit=commit or None,

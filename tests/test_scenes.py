@@ -232,8 +232,10 @@ def test_training_resumes_to_the_same_weights_and_the_model_loads_and_scores(tmp
     assert not (tmp_path / "b").exists()
     _train(tmp_path, *split)
     a, b = json.loads((tmp_path / "a.json").read_text()), json.loads((tmp_path / "b.json").read_text())
-    assert len(a["sha256"]) == 4 and a["sha256"] == b["sha256"]  # unet, vae, text encoder, scene encoder
-    for name in a["sha256"]:
+    parts = {name.split("/")[-2] if "/" in name else name for name in a["sha256"]}
+    assert parts == {"unet", "vae", "text_encoder", "scene-encoder.safetensors"} and a["sha256"] == b["sha256"]
+    assert sum("unet/" in name for name in a["sha256"]) == 5  # 4 shards of <= 15 MB and their index
+    for name in (n for n in a["sha256"] if n.endswith(".safetensors")):
         wa, wb = load_file(tmp_path / "a" / name), load_file(tmp_path / "b" / name)
         assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
 
@@ -326,7 +328,8 @@ def test_the_shipped_weights_are_the_recorded_training_run():
 
     report = json.loads((ROOT / "results" / "miniature_scenes" / "training.json").read_text())
     assets = scenes.PIPELINE_DIR.parent
-    shipped = {str(p.relative_to(assets)) for p in [*scenes.PIPELINE_DIR.glob("*/*.safetensors"), scenes.ENCODER_FILE]}
+    shipped = {str(p.relative_to(assets)) for p in [*scenes.PIPELINE_DIR.glob("*/*.safetensors"),
+                                                     *scenes.PIPELINE_DIR.glob("*/*.index.json"), scenes.ENCODER_FILE]}
     assert shipped == set(report["sha256"])
     for name, digest in report["sha256"].items():
         assert hashlib.sha256((assets / name).read_bytes()).hexdigest() == digest, name

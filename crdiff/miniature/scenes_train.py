@@ -32,6 +32,7 @@ STAGES = {"encoder": 1, "vae": 2, "unet": 3}
 # scenes.EVAL_FIRST_SEED, so evaluation prompts are never training captions of the same scene.
 FIRST_SCENE = {"encoder": 200_000_000, "vae": 100_000_000, "unet": 0}
 TOKENS = 32  # captions are at most ~16 CLIP tokens; a short context keeps cross-attention cheap
+SHARD = "15MB"  # the UNet (48 MB in fp32) is written in shards, so no file of the shipped model passes 20 MB
 
 
 @dataclass
@@ -311,7 +312,8 @@ def train(cfg: TrainConfig, work: Path, pipeline_dir: Path = scenes.PIPELINE_DIR
         return {**report, "finished": False}
     unet, text_encoder = trained
 
-    tiny.save_atomically(build_pipeline(vae, text_encoder, tok, unet), pipeline_dir, replace=True)
+    pipe = build_pipeline(vae, text_encoder, tok, unet)
+    atomic.save_folder(lambda folder: pipe.save_pretrained(folder, max_shard_size=SHARD), pipeline_dir, True)
     state = {k: v.contiguous() for k, v in encoder.state_dict().items()}
     atomic.write_with(Path(encoder_file), lambda tmp: save_file(state, tmp))
     return {**report, "finished": True}
