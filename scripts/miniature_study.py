@@ -55,21 +55,25 @@ REDUCED = ("reduced from the experiment file to keep the study's CPU time under 
            "{}")
 
 
-def header(title: str, rows: pd.DataFrame, command: str, output_dir: str, reduced: str = "") -> list[str]:
+CELLS = ("- cells: value [lo, hi], the 95% bootstrap interval over prompts (seed sets resampled together), "
+         "and with several seed sets the standard deviation of the per-set values (seeds ±s); bold: better than "
+         "the other side of a paired 95% interval over dense that excludes 0; digit-FID's interval is a delete-a-group "
+         "jackknife over prompts (20 groups, centred on the value, clipped at 0): its sampling spread at this "
+         "size, not its distance from the floor below")
+
+
+def header(title: str, rows: pd.DataFrame, command: str, output_dir: str, reduced: str = "",
+           prompt: str = "prompt i = digit i mod 10", cells: tuple[str, ...] = (CELLS,)) -> list[str]:
+    """A study file's header: its command, provenance, sampling, reductions and how to read its cells."""
     first = sorted(Path(output_dir, "results").glob("*.json"))[0]
     prov = json.loads(first.read_text())["provenance"]
     seeds = sorted(set(rows.seed)) if "seed" in rows else [0]
     return [f"# {title}", "", f"- command: `{command}`",
             f"- commit {prov['git_sha'][:10]}, {prov['device_name']} ({prov['device']}), torch {prov['torch']}, "
             f"diffusers {prov['diffusers']}, {prov['time']}",
-            f"- {rows.n_images.iloc[0]} images per cell and seed set (prompt i = digit i mod 10, seed s + i for the "
+            f"- {rows.n_images.iloc[0]} images per cell and seed set ({prompt}, seed s + i for the "
             f"seed sets s = {', '.join(map(str, seeds))}), {rows.steps.iloc[0]} DDIM steps, guidance {rows.guidance.iloc[0]}",
-            *([f"- {REDUCED.format(reduced)}"] if reduced else []),
-            "- cells: value [lo, hi], the 95% bootstrap interval over prompts (seed sets resampled together), "
-            "and with several seed sets the standard deviation of the per-set values (seeds ±s); bold: better than "
-            "the other side of a paired 95% interval over dense that excludes 0; digit-FID's interval is a delete-a-group "
-            "jackknife over prompts (20 groups, centred on the value, clipped at 0): its sampling spread at this "
-            "size, not its distance from the floor below", ""]
+            *([f"- {REDUCED.format(reduced)}"] if reduced else []), *cells, ""]
 
 
 def ordered(rows: pd.DataFrame) -> pd.DataFrame:

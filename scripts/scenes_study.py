@@ -11,7 +11,6 @@ readings (composition, duplication, missing), and CR-Diff against native_resize 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -20,31 +19,29 @@ import pandas as pd
 from crdiff.report.tables import METRICS, gains
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the digits study's table helpers, beside this script
-from miniature_study import cost_sections, gains_section, ordered, pivot, study_cells  # noqa: E402
+from miniature_study import cost_sections, gains_section, header, ordered, pivot, study_cells  # noqa: E402
 
 NAMES = ["scene_composition", "scene_duplication", "scene_missing", "scene_count_error", "scene_fd"]
 
 
-def header(title: str, rows: pd.DataFrame, command: str, output_dir: str) -> list[str]:
-    first = sorted(Path(output_dir, "results").glob("*.json"))[0]
-    prov = json.loads(first.read_text())["provenance"]
+CELLS = ("- cells: value [lo, hi], the 95% bootstrap interval over prompts (scene-FD: a delete-a-group jackknife "
+         "over prompts); bold: better than the other side of a paired 95% interval over dense that excludes 0",
+         "- scene-FD floor (real scenes against the reference, `scene_fd_floor.md`): read a scene-FD cell "
+         "against it at its size and sample size, not against 0")
+
+
+def command(rows: pd.DataFrame) -> str:
+    """The command that made the rows, from what they record (prompt count, seed sets)."""
     seeds = sorted(set(rows.seed))
-    return [f"# {title}", "", f"- command: `{command}`",
-            f"- commit {prov['git_sha'][:10]}, {prov['device_name']} ({prov['device']}), torch {prov['torch']}, "
-            f"diffusers {prov['diffusers']}, {prov['time']}",
-            f"- {rows.n_images.iloc[0]} images per cell and seed set (evaluation prompt i, seed s + i for the seed "
-            f"sets s = {', '.join(map(str, seeds))}), {rows.steps.iloc[0]} DDIM steps, guidance {rows.guidance.iloc[0]}",
-            "- cells: value [lo, hi], the 95% bootstrap interval over prompts (scene-FD: a delete-a-group jackknife "
-            "over prompts); bold: better than the other side of a paired 95% interval over dense that excludes 0",
-            "- scene-FD floor (real scenes against the reference, `scene_fd_floor.md`): read a scene-FD cell "
-            "against it at its size and sample size, not against 0", ""]
+    sweep = f" sampler.seed={','.join(map(str, seeds))}" if len(seeds) > 1 else (
+        f" sampler.seed={seeds[0]}" if seeds[0] != 0 else "")
+    return (f"python -m crdiff.run{' -m' if len(seeds) > 1 else ''} experiment=scenes_baselines "
+            f"prompts.limit={rows.n_images.iloc[0]}{sweep}")
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--baselines", required=True, help="output_dir of the scenes_baselines run")
-    parser.add_argument("--command", default="python -m crdiff.run experiment=scenes_baselines prompts.limit=200",
-                        help="the command that made the rows, for the header")
     parser.add_argument("--out", default="results/miniature_scenes")
     args = parser.parse_args(argv)
     out = Path(args.out)
@@ -52,7 +49,8 @@ def main(argv=None) -> int:
     # k, steps and guidance left free: bwp is k = 1 and dense_steps2x changes the steps by design
     rows, cells = study_cells(args.baselines, "scenes_baselines", by=("k", "steps", "guidance"))
     cells = ordered(cells)
-    lines = header("Scenes miniature: every method side by side", rows, args.command, args.baselines)
+    lines = header("Scenes miniature: every method side by side", rows, command(rows), args.baselines,
+                   prompt="evaluation prompt i", cells=CELLS)
     drawn = rows[rows.method == "native_resize"].drop_duplicates("resolution")
     lines += ["native_resize draws at: " + ", ".join(f"{r} from {d}" for r, d in zip(drawn.resolution, drawn.drawn_at))
               + " (centre crop to the target aspect, then Lanczos)", ""]

@@ -286,6 +286,32 @@ def test_jackknife_of_a_mean_is_the_t_interval_and_groups_are_seeded_and_even():
     assert all(np.array_equal(a, b) for a, b in zip(parts, intervals.groups(30, 4, seed=5)))
     assert len(intervals.groups(3, 20)) == 3  # at most one group per prompt
     assert intervals.jackknife(lambda idx: 0.0, 1) is None and intervals.jackknife(lambda idx: 0.0, 10, 0) is None
+    # two images: each leave-out holds one, whose covariance is undefined: no interval, not [nan, nan]
+    import torch
+
+    from crdiff.metrics.fid import frechet
+
+    real, two = torch.randn(50, 4, dtype=torch.float64), torch.randn(2, 4, dtype=torch.float64)
+    assert intervals.jackknife(lambda idx: frechet(real, two[torch.as_tensor(idx)]), 2) is None
+
+
+def test_the_coverage_and_floor_scripts_run_as_documented(tmp_path):
+    """`scripts/interval_coverage.py` and `scripts/scene_fd_floor.py` (docs/protocol.md, results/miniature_scenes),
+    shortened: their tables come out with a row per setting."""
+    import subprocess
+    import sys
+
+    from test_run import ENV, ROOT
+
+    run = lambda *a: subprocess.run([sys.executable, *map(str, a)], cwd=ROOT, env=ENV, capture_output=True,  # noqa: E731
+                                    text=True, timeout=300)
+    done = run("scripts/interval_coverage.py", "--n", "20", "--replicates", "4")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("| 20 |") == 2 and "jackknife (20 groups)" in done.stdout
+    done = run("scripts/scene_fd_floor.py", "--n", "20", "--sizes", "32x32", "--out", tmp_path / "floor.md")
+    assert done.returncode == 0, done.stderr[-2000:]
+    table = (tmp_path / "floor.md").read_text()
+    assert "| the same scenes | 0.000 |" in table and "n other real scenes drawn at 32x32" in table
 
 
 def test_a_fid_cell_interval_contains_its_value_where_the_percentile_bootstrap_did_not(tmp_path):

@@ -53,12 +53,15 @@ def groups(n: int, count: int = FEATURE_GROUPS, seed: int = SEED) -> list[np.nda
 def jackknife(statistic: Callable[[np.ndarray], float], n: int, count: int = FEATURE_GROUPS,
               seed: int = SEED) -> list[float] | None:
     """95% delete-a-group jackknife interval of `statistic(prompt indices)` over n prompts, centred on
-    statistic(all); None when there is nothing to leave out (fewer than 2 prompts or groups)."""
+    statistic(all); None when there is nothing to leave out (fewer than 2 prompts or groups) or a
+    leave-out is not finite (two images: one left, no covariance)."""
     if n < 2 or count < 2:
         return None
     value = statistic(np.arange(n))
     parts = groups(n, count, seed)
     left_out = np.array([statistic(np.setdiff1d(np.arange(n), g)) for g in parts], dtype=np.float64)
+    if not np.all(np.isfinite(left_out)) or not np.isfinite(value):  # e.g. one image left: no covariance
+        return None
     g = len(parts)
     se = float(np.sqrt((g - 1) / g * np.sum((left_out - left_out.mean()) ** 2)))
     half = float(stats.t.ppf(0.5 + LEVEL / 2, g - 1)) * se

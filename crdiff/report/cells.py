@@ -111,6 +111,12 @@ def distance(metric: str, run: pd.DataFrame):
     return of_metric(metric, settings.get("kid_subsets", 100), settings.get("kid_subset_size", 1000))
 
 
+def _scheme(run: pd.DataFrame) -> str | None:
+    """How the rows' FID / KID intervals were computed when scored (None: before rows said so)."""
+    settings = run.iloc[0].get("intervals") if "intervals" in run else None
+    return settings.get("feature_method") if isinstance(settings, dict) else None
+
+
 def _spread(values: list[float]) -> float | None:
     return float(np.std(values, ddof=1)) if len(values) > 1 else None
 
@@ -119,13 +125,14 @@ def cell(run: pd.DataFrame, metric: str, resamples: int = intervals.RESAMPLES,
          feature_groups: int = intervals.FEATURE_GROUPS, seed: int = intervals.SEED,
          device: str = "cpu") -> Estimate | None:
     """One cell's estimate of `metric` over the run's seed sets (None where the rows lack it). FID / KID
-    intervals are always recomputed from the kept features (the jackknife, also for rows scored with an
-    older scheme); a FID cell's lower end is clipped at 0, the least a distance can be."""
+    intervals are recomputed from the kept features (the jackknife, also for rows scored with an older
+    scheme) unless the cell is one row already scored with it; a FID cell's lower end is clipped at 0."""
     if metric not in run or run[metric].isna().any():
         return None
     per_set = [float(v) for v in _ordered(run)[metric]]
     value = float(np.mean(per_set))
-    found = features(run, metric) if metric in REFERENCE_METRICS else None
+    stored = len(run) == 1 and (metric not in REFERENCE_METRICS or _scheme(run) == intervals.FEATURE_METHOD)
+    found = None if stored else features(run, metric) if metric in REFERENCE_METRICS else None
     if len(run) == 1 and found is None:  # its interval was computed when it was scored
         row = run.iloc[0]
         lo, hi = row.get(f"{metric}_lo"), row.get(f"{metric}_hi")
