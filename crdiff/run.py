@@ -5,7 +5,6 @@ module that sees DictConfig; the work is in crdiff.experiment.run (generate, sco
 from __future__ import annotations
 
 import sys
-import warnings
 from pathlib import Path
 
 from crdiff.experiment import distributed, planner, preflight, schemas, slurm
@@ -28,9 +27,6 @@ def cli() -> None:
 
     schemas.register()
     slurm.quiet_sacct()  # under hydra/launcher=slurm*, on a SLURM without accounting
-    # <output_dir>/presets is on the search path for presets a search writes; before the first search it
-    # does not exist yet, which is normal, not worth a warning on every run
-    warnings.filterwarnings("ignore", message=r"provider=hydra\.searchpath in main, path=.*presets is not available")
 
     @hydra.main(version_base="1.3", config_path=str(Path(__file__).resolve().parents[1] / "conf"),
                 config_name="config")

@@ -14,6 +14,7 @@ the candidates and the fields that differ; a cell without a row prints as `missi
 
 import argparse
 import sys
+from pathlib import Path
 
 from crdiff.experiment.results import load_table
 from crdiff.report import select
@@ -32,13 +33,16 @@ def main(argv=None) -> int:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--results", help="a run's output_dir (its results/*.json rows)")
     source.add_argument("--paper", action="store_true", help="build the tables from results/paper/tables_paper.csv")
-    parser.add_argument("--out", default="results/tables")
+    parser.add_argument("--out", help="where the tables go (default: <results>/tables; with --paper, results/paper)")
     parser.add_argument("--experiment", help="build from the rows this experiment produced or reused")
     parser.add_argument("--tolerance", action="append", default=[], metavar="METRIC=VALUE",
                         help="dense calibration tolerance (FID relative, others absolute), e.g. fid=0.2")
-    parser.add_argument("--device", default="cpu", help="where FID/KID resamples run (cuda where there is one)")
+    parser.add_argument("--device", default="cpu",
+                        help="where the FID/KID jackknife recomputations run (cuda where there is one)")
     parser.add_argument("filters", nargs="*", metavar="FIELD=VALUE", help="only rows with these values, e.g. k=1.5")
     args = parser.parse_args(argv)
+    if args.out is None:
+        args.out = "results/paper" if args.paper else str(Path(args.results) / "tables")
     if args.paper:
         rows = paper_rows()
         written = write_all(rows, args.out, compare=False)

@@ -1,11 +1,18 @@
-"""Tables of the scenes miniature's study (results/miniature_scenes/) from the runs' result rows.
+"""Tables and figures of the scenes miniature's study (results/miniature_scenes/) from the runs' result rows.
 
-    python -m crdiff.run experiment=scenes_baselines prompts.limit=200 output_dir=study/scenes_baselines
-    python scripts/scenes_study.py --baselines study/scenes_baselines --out results/miniature_scenes
+    python -m crdiff.run experiment=scenes_baselines prompts.limit=200 output_dir=study/scenes   # every method
+    python -m crdiff.run -m experiment=scenes_study sampler.seed=0,1000,2000 output_dir=study/scenes
+    python -m crdiff.run -m experiment=scenes_sweep_k prompts.limit=200 'resolutions.sets=[unseen]' output_dir=study/scenes
+    python -m crdiff.run -m experiment=scenes_sweep_ratios prompts.limit=200 output_dir=study/scenes
+    python -m crdiff.run experiment=scenes_fd output_dir=study/scenes         # scene-FD on 2,000 images
+    python scripts/scenes_study.py --baselines study/scenes --study study/scenes --fd study/scenes \
+        --sweep-k study/scenes --sweep-ratios study/scenes --out results/miniature_scenes
 
-Every method side by side per exact metric (`value [lo, hi]`, the 95% bootstrap interval over prompts;
-scene-FD a delete-a-group jackknife), the paired gains over dense with McNemar's exact test for the 0 / 1
-readings (composition, duplication, missing), and CR-Diff against native_resize and the random mask.
+One output_dir may hold them all (images of the same method, settings and seeds are drawn once); each
+table takes the rows its experiment produced or reused. Every method side by side per exact metric
+(`value [lo, hi]`, the 95% bootstrap interval over prompts; scene-FD a delete-a-group jackknife), the paired
+gains over dense with McNemar's exact test for the 0 / 1 readings (composition, duplication, missing),
+CR-Diff against native_resize and the random mask, and the sweeps' gains per k and per ratio setting.
 """
 
 from __future__ import annotations
@@ -16,41 +23,37 @@ from pathlib import Path
 
 import pandas as pd
 
+from crdiff.report.plots import metric_vs_k, metric_vs_resolution
 from crdiff.report.tables import METRICS, gains
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the digits study's table helpers, beside this script
-from miniature_study import cost_sections, gains_section, header, ordered, pivot, study_cells  # noqa: E402
+from miniature_study import cost_sections, gains_by, gains_section, header, ordered, pivot, study_cells  # noqa: E402
 
 NAMES = ["scene_composition", "scene_duplication", "scene_missing", "scene_count_error", "scene_fd"]
 
 
 CELLS = ("- cells: value [lo, hi], the 95% bootstrap interval over prompts (scene-FD: a delete-a-group jackknife "
-         "over prompts); bold: better than the other side of a paired 95% interval over dense that excludes 0",
+         "over prompts), and with several seed sets the standard deviation of the per-set values (seeds ±s); bold: better than the other side of a paired 95% interval over dense that excludes 0",
          "- scene-FD floor (real scenes against the reference, `scene_fd_floor.md`): read a scene-FD cell "
          "against it at its size and sample size, not against 0")
 
 
-def command(rows: pd.DataFrame) -> str:
+def command(rows: pd.DataFrame, experiment: str, extra: str = "") -> str:
     """The command that made the rows, from what they record (prompt count, seed sets)."""
     seeds = sorted(set(rows.seed))
     sweep = f" sampler.seed={','.join(map(str, seeds))}" if len(seeds) > 1 else (
         f" sampler.seed={seeds[0]}" if seeds[0] != 0 else "")
-    return (f"python -m crdiff.run{' -m' if len(seeds) > 1 else ''} experiment=scenes_baselines "
-            f"prompts.limit={rows.n_images.iloc[0]}{sweep}")
+    multi = len(seeds) > 1 or experiment.startswith("scenes_sweep")
+    return (f"python -m crdiff.run{' -m' if multi else ''} experiment={experiment} "
+            f"prompts.limit={rows.n_images.iloc[0]}{sweep}{extra}")
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--baselines", required=True, help="output_dir of the scenes_baselines run")
-    parser.add_argument("--out", default="results/miniature_scenes")
-    args = parser.parse_args(argv)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+def comparison(output_dir: str, experiment: str, title: str) -> tuple[list[str], pd.DataFrame, pd.DataFrame]:
+    """(lines, gains over dense and over CR-Diff, cells) of a side-by-side run (scenes_baselines, scenes_study)."""
     # k, steps and guidance left free: bwp is k = 1 and dense_steps2x changes the steps by design
-    rows, cells = study_cells(args.baselines, "scenes_baselines", by=("k", "steps", "guidance"))
+    rows, cells = study_cells(output_dir, experiment, by=("k", "steps", "guidance"))
     cells = ordered(cells)
-    lines = header("Scenes miniature: every method side by side", rows, command(rows), args.baselines,
-                   prompt="evaluation prompt i", cells=CELLS)
+    lines = header(title, rows, command(rows, experiment), output_dir, prompt="evaluation prompt i", cells=CELLS)
     drawn = rows[rows.method == "native_resize"].drop_duplicates("resolution")
     lines += ["native_resize draws at: " + ", ".join(f"{r} from {d}" for r, d in zip(drawn.resolution, drawn.drawn_at))
               + " (centre crop to the target aspect, then Lanczos)", ""]
@@ -59,10 +62,67 @@ def main(argv=None) -> int:
     found = gains(rows)
     versus = gains(rows[rows.method.isin(["crdiff", "native_resize", "random_mask"])], baseline="crdiff")
     lines += [*gains_section(found), *gains_section(versus, "crdiff"), *cost_sections(cells, ["method"])]
-    (out / "baselines.md").write_text("\n".join(lines))
     both = pd.concat([found.assign(baseline="dense"), versus.assign(baseline="crdiff")], ignore_index=True)
-    (out / "baselines_gains.csv").write_text(both.to_csv(index=False))
-    print(out / "baselines.md", out / "baselines_gains.csv", sep="\n")
+    return lines, both, cells
+
+
+def sweep(output_dir: str, experiment: str, by: tuple[str, ...]) -> tuple[list[str], pd.DataFrame, pd.DataFrame]:
+    """(lines, gains over dense per setting, cells) of a k or ratio sweep."""
+    rows, cells = study_cells(output_dir, experiment, by=by, methods=("dense", "crdiff"))
+    if by == ("k",):
+        title, extra = "Scenes miniature: k sweep (k = 0 is dense, k = 1 is BWP alone)", " 'resolutions.sets=[unseen]'"
+        cells, index = cells.assign(k=cells.k.where(cells.method != "dense", 0.0)), ["k"]
+        found = gains_by(rows, by, lambda v: f"CR-Diff k={v[0]:g}")
+    else:
+        title, extra = "Scenes miniature: ratio sweep (down / mid / up, k = 1.5)", ""
+        cells = cells.assign(ratios=[("dense" if m == "dense" else f"{d:.1f} / {mi:.1f} / {u:.1f}") for m, d, mi, u
+                                     in zip(cells.method, cells.ratio_down, cells.ratio_mid, cells.ratio_up)])
+        index = ["ratios"]
+        found = gains_by(rows, by, lambda v: "CR-Diff " + " / ".join(f"{r:.1f}" for r in v))
+    lines = header(title, rows, command(rows, experiment, extra), output_dir, prompt="evaluation prompt i",
+                   cells=CELLS)
+    for metric in NAMES:
+        lines += [f"## {METRICS[metric][0]}", "", pivot(cells, index, metric), ""]
+    return [*lines, *gains_section(found), *cost_sections(cells, index)], found, cells
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    for name in ("baselines", "study", "fd", "sweep_k", "sweep_ratios"):
+        parser.add_argument(f"--{name.replace('_', '-')}", help=f"output_dir of the scenes_{name} run(s)")
+    parser.add_argument("--out", default="results/miniature_scenes")
+    args = parser.parse_args(argv)
+    if not any((args.baselines, args.study, args.fd, args.sweep_k, args.sweep_ratios)):
+        parser.error("name at least one of --baselines, --study, --fd, --sweep-k, --sweep-ratios")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+
+    def write(name: str, lines: list[str], found: pd.DataFrame) -> None:
+        (out / f"{name}.md").write_text("\n".join(lines))
+        (out / f"{name}_gains.csv").write_text(found.to_csv(index=False))
+        written.extend([out / f"{name}.md", out / f"{name}_gains.csv"])
+
+    if args.baselines:
+        lines, found, _ = comparison(args.baselines, "scenes_baselines", "Scenes miniature: every method side by side")
+        write("baselines", lines, found)
+    if args.study:
+        lines, found, cells = comparison(args.study, "scenes_study",
+                                         "Scenes miniature: the study below the training size")
+        write("study", lines, found)
+        written.append(metric_vs_resolution(cells, "scenes", out, methods=tuple(cells.method.cat.categories),
+                                            name="study_metrics_vs_resolution.png"))
+    if args.fd:
+        lines, found, _ = comparison(args.fd, "scenes_fd", "Scenes miniature: scene-FD on 2,000 images per cell")
+        write("fd", lines, found)
+    if args.sweep_k:
+        lines, found, cells = sweep(args.sweep_k, "scenes_sweep_k", ("k",))
+        write("sweep_k", lines, found)
+        written.append(metric_vs_k(cells, "scenes", out))
+    if args.sweep_ratios:
+        lines, found, _ = sweep(args.sweep_ratios, "scenes_sweep_ratios", ("ratio_down", "ratio_mid", "ratio_up"))
+        write("sweep_ratios", lines, found)
+    print("\n".join(str(p) for p in written if p))
     return 0
 
 

@@ -141,18 +141,39 @@ def test_documented_script_runs_or_says_why_not(command, coco, tmp_path, capsys)
             sys.argv = old_argv
             torch.set_num_threads(threads)
         assert (out / "failure.md").is_file() and len((out / "failure.csv").read_text().splitlines()) == 1 + 2 * 2
-    elif command.program == "scripts/scenes_study.py":  # the rows of a tiny scenes_baselines run, then the tables
+    elif command.program == "scripts/scenes_study.py":  # the rows of tiny runs of the experiments it reads, then tables
         from crdiff.experiment.run import execute
 
         folder = tmp_path / "outputs"
-        (_, run), = planner.compose_runs(["experiment=scenes_baselines", "prompts.limit=2", "sampler.steps=2",
-                                          "sampler.batch_size=2", "resolutions.unseen=[32x32]",
-                                          f"output_dir={folder}"], sweep={})
-        execute(run)
-        args = [str(folder) if a == "outputs" else str(tmp_path / "tables") if a.startswith("results/") else a
+        experiments = {"--baselines": ("scenes_baselines", {}), "--study": ("scenes_study", {}),
+                       "--fd": ("scenes_fd", {}),
+                       "--sweep-k": ("scenes_sweep_k", {"amplify.k": "1.0,2.0,3.0"}),
+                       "--sweep-ratios": ("scenes_sweep_ratios", {"pruning.ratios.down": "0.1,0.5"})}
+        named = [flag for flag in experiments if flag in args]
+        assert named, args
+        for flag in named:
+            experiment, sweep = experiments[flag]
+            # a sweep's table takes the steps its experiment file states; the side-by-side tables leave them free
+            steps = [] if sweep else ["sampler.steps=2"]
+            for _, run in planner.compose_runs([f"experiment={experiment}", "prompts.limit=2", *steps,
+                                                "sampler.batch_size=2", "resolutions.unseen=[32x32]",
+                                                "resolutions.sets=[unseen]", f"output_dir={folder}"], sweep=sweep):
+                execute(run)
+        study = {a for a in args if not a.startswith("-") and not a.startswith("results/")}
+        args = [str(folder) if a in study else str(tmp_path / "tables") if a.startswith("results/") else a
                 for a in args]
         assert script(command.program).main(args) == 0
-        table = (tmp_path / "tables" / "baselines.md").read_text()
-        assert "composition↑" in table and "| random_mask |" in table and "McNemar" in table
+        tables = {"--baselines": "baselines.md", "--study": "study.md", "--fd": "fd.md", "--sweep-k": "sweep_k.md",
+                  "--sweep-ratios": "sweep_ratios.md"}
+        for flag in named:
+            table = (tmp_path / "tables" / tables[flag]).read_text()
+            assert "composition↑" in table and "McNemar" in table, flag
+            if flag in ("--baselines", "--study", "--fd"):
+                assert "| random_mask |" in table and "| native_resize |" in table
+        if "--sweep-k" in named:
+            assert "CR-Diff k=3" in (tmp_path / "tables" / "sweep_k.md").read_text()
+            assert (tmp_path / "tables" / "scenes_metrics_vs_k.png").is_file()
+        if "--study" in named:
+            assert (tmp_path / "tables" / "study_metrics_vs_resolution.png").is_file()
     else:
         pytest.fail(f"{command.program} is documented but neither run here nor in NOT_RUN with a reason")

@@ -1,5 +1,6 @@
 """Metrics against independent computations; invariance to batch size and rank count."""
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -362,3 +363,29 @@ def test_per_image_values_of_one_image_keep_one_row():
     features.update(torch.tensor([0]), torch.zeros(1, 4))
     assert [t.shape for t in scores.compute()] == [torch.Size([1]), torch.Size([1])]
     assert [t.shape for t in features.compute()] == [torch.Size([1]), torch.Size([1, 4])]
+
+
+def test_frechet_of_fewer_than_two_images_is_nan_without_calling_lapack(monkeypatch):
+    """A side of one image has no covariance: NaN at once (MKL's eigensolver given NaN corrupted the heap
+    in a jackknife leave-out of a two-image run), never a call into the solver."""
+    import torchmetrics.image.fid as tm_fid
+
+    from crdiff.metrics.fid import frechet
+
+    real = torch.randn(10, 4, generator=torch.Generator().manual_seed(0))
+    assert frechet(real, real) == pytest.approx(0.0, abs=1e-6)
+    monkeypatch.setattr(tm_fid, "_compute_fid", lambda *a: pytest.fail("the solver was called"))
+    assert math.isnan(frechet(real, real[:1])) and math.isnan(frechet(real[:1], real))
+
+
+def test_numbers_that_round_to_zero_print_without_a_sign():
+    import pandas as pd
+
+    from crdiff.report.tables import gains_markdown, number, with_interval
+
+    assert number(-0.0004) == "0.000" and number(-0.0006) == "-0.001" and number(0.0) == "0.000"
+    assert with_interval(-0.0001, -0.0002, 0.01) == "0.000 [0.000, 0.010]"
+    gains = pd.DataFrame([{"model": "scenes", "resolution": "32x32", "metric": "scene_fd", "method": "crdiff",
+                           "gain": -0.0001, "gain_lo": -0.0003, "gain_hi": 0.002, "seed_spread": float("nan"),
+                           "seeds": 1, "mcnemar_p": float("nan"), "only_dense": 0, "only_method": 0}])
+    assert "-0.000" not in gains_markdown(gains) and "| 0.000 | [0.000, 0.002] |" in gains_markdown(gains)

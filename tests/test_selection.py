@@ -71,8 +71,9 @@ def test_missing_cells_print_as_missing_and_dense_only_rows_do_not_fail(tmp_path
             "experiments": ["table_a"], "model": "sd15", "method": "dense", "setting": "unseen", "resolution": res,
             "height": int(res.split("x")[0]), "width": int(res.split("x")[1]), "k": None, "seed": 42, "steps": 30,
             "metrics": {"fid": 40.0, "clip": 0.31}, "ci95": {"fid": [38.0, 43.0], "clip": [0.30, 0.32]}})
-    done = make_tables("--results", tmp_path, "--out", tmp_path / "tables")
+    done = make_tables("--results", tmp_path)  # no --out: the tables go under the results, not ./results/tables
     assert done.returncode == 0, done.stderr[-3000:]
+    assert str(tmp_path / "tables" / "table_A.md") in done.stdout.splitlines()
     table = (tmp_path / "tables" / "table_A.md").read_text()
     assert "| sd15 | 400x560 | 40.000 [38.000, 43.000] | missing | 0.310 [0.300, 0.320] | missing |" in table
     comparison = pd.read_csv(tmp_path / "tables" / "paper_comparison.csv")

@@ -11,9 +11,14 @@ SCHEMAS = {"model": ModelConfig, "pruning": PruningConfig, "amplify": AmplifyCon
 
 
 def register() -> None:
-    """Store the schemas in Hydra's ConfigStore (before any compose; idempotent)."""
+    """Store the schemas in Hydra's ConfigStore (before any compose; idempotent). <output_dir>/presets is on
+    the search path for the presets a search writes; before the first search it does not exist yet, which is
+    normal, not worth Hydra's warning on every compose (runs, plans, scripts)."""
+    import warnings
+
     from hydra.core.config_store import ConfigStore
 
+    warnings.filterwarnings("ignore", message=r"provider=hydra\.searchpath in main, path=.*presets is not available")
     store = ConfigStore.instance()
     for group, schema in SCHEMAS.items():
         store.store(group=group, name="schema", node=schema)

@@ -25,9 +25,13 @@ KID_SUBSETS = 100  # torchmetrics' default number of random subsets
 
 
 def frechet(real: torch.Tensor, fake: torch.Tensor) -> float:
-    """FID of two feature sets (rows = images), in float64 as torchmetrics computes it."""
+    """FID of two feature sets (rows = images), in float64 as torchmetrics computes it; NaN, without calling
+    LAPACK, where a side has fewer than two images (its covariance is undefined: MKL's eigensolver given
+    NaN prints an error and can corrupt the heap)."""
     from torchmetrics.image.fid import _compute_fid
 
+    if len(real) < 2 or len(fake) < 2:
+        return float("nan")
     real, fake = real.double(), fake.double()
     return float(_compute_fid(real.mean(0), torch.cov(real.T), fake.mean(0), torch.cov(fake.T)))
 

@@ -1,11 +1,12 @@
 """Table cells and gains from stored per-image scores: value, 95% interval, seed spread; paired gains.
 
 A run (crdiff.report.select) is one cell's rows, one per seed set. A cell's value is the mean over its
-seed sets of each set's value, its interval a bootstrap over prompts (every seed set resampled on the
-same prompts, crdiff.metrics.intervals), and with several seed sets the spread of the per-set values
+seed sets of each set's value, its interval a bootstrap over prompts for per-image metrics (every seed
+set resampled on the same prompts) and a delete-a-group jackknife over prompts for FID / KID
+(crdiff.metrics.intervals), and with several seed sets the spread of the per-set values
 (sample standard deviation) stands beside it. A gain is method minus dense on the same prompts and
-seeds: per-image differences for per-image metrics, FID / KID recomputed on the same resampled images
-on both sides; accuracy-like metrics also get McNemar's exact test.
+seeds: per-image differences for per-image metrics, FID / KID recomputed with the same prompt groups
+left out on both sides; accuracy-like metrics also get McNemar's exact test.
 
 McNemar's test pools the pairs of every seed set. Its one assumption is independent pairs, and each pair
 is its own image pair: image i of seed set s draws from seed s + i (one generator per image), so every

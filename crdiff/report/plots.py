@@ -30,9 +30,11 @@ def _errorbar(ax, x, group: pd.DataFrame, metric: str, **style) -> None:
         ax.plot(x, group[metric], marker="o", **style)
 
 
-def metric_vs_resolution(rows: pd.DataFrame, model: str, out: str | Path) -> Path | None:
-    """One panel per metric: dense and CR-Diff across the model's resolutions (by pixel count)."""
-    data = rows[(rows.model == model) & rows.method.isin(["dense", "crdiff"])]
+def metric_vs_resolution(rows: pd.DataFrame, model: str, out: str | Path,
+                         methods: tuple[str, ...] = ("dense", "crdiff"), name: str | None = None) -> Path | None:
+    """One panel per metric: `methods` (dense and CR-Diff) across the model's resolutions (by pixel count),
+    written to `name` (default <model>_metrics_vs_resolution.png) under `out`."""
+    data = rows[(rows.model == model) & rows.method.isin(methods)]
     metrics = [m for m in METRICS if m in data.columns and data[m].notna().any()]
     if data.empty or not metrics:
         return None
@@ -40,14 +42,14 @@ def metric_vs_resolution(rows: pd.DataFrame, model: str, out: str | Path) -> Pat
     data = data.assign(pixels=data.height * data.width).sort_values("pixels")
     fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 3), squeeze=False)
     for ax, metric in zip(axes[0], metrics):
-        for method, group in data.groupby("method", sort=False):
+        for method, group in data.groupby("method", sort=False, observed=True):
             _errorbar(ax, group.resolution, group, metric, label="CR-Diff" if method == "crdiff" else method)
         ax.set_title(METRICS[metric][0])
         ax.tick_params(axis="x", rotation=45)
     axes[0][0].legend()
     fig.suptitle(f"{model}: metrics vs resolution (HxW)")
     fig.tight_layout()
-    path = Path(out) / f"{model}_metrics_vs_resolution.png"
+    path = Path(out) / (name or f"{model}_metrics_vs_resolution.png")
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -206,13 +206,19 @@ def ratios_notes(rows: pd.DataFrame) -> dict[tuple[str, str], str]:
     return notes
 
 
+def number(value: float, digits: int = 3, sign: str = "") -> str:
+    """`value` to `digits` places; what rounds to zero prints as 0 (never "-0.000")."""
+    text = f"{value:{sign}.{digits}f}"
+    return text if float(text) != 0 else f"{0.0:.{digits}f}"
+
+
 def with_interval(value: float, lo=None, hi=None, digits: int = 3) -> str:
     """`value [lo, hi]`: the interval's two ends as they are (a bootstrap interval is rarely symmetric
-    about its value, and FID's may not contain it); `value` alone without an interval."""
-    text = f"{value:.{digits}f}"
+    about its value; FID's jackknife interval is clipped at 0); `value` alone without an interval."""
+    text = number(value, digits)
     if lo is None or hi is None or pd.isna(lo) or pd.isna(hi):
         return text
-    return text + f" [{lo:.{digits}f}, {hi:.{digits}f}]"
+    return text + f" [{number(lo, digits)}, {number(hi, digits)}]"
 
 
 def _cell_text(line) -> str:
@@ -340,8 +346,8 @@ def gains_markdown(gains_: pd.DataFrame, baseline: str = "dense") -> str:
              f"McNemar p (only {base} / only method right) |", "|---|---|---|---|---|---|---|---|"]
     for g in gains_.itertuples():
         label = (COLUMNS | COST).get(g.metric, (g.metric,))[0]
-        ci = "-" if pd.isna(g.gain_lo) else f"[{g.gain_lo:.3f}, {g.gain_hi:.3f}]"
-        value = f"{g.gain:.3f}"
+        ci = "-" if pd.isna(g.gain_lo) else f"[{number(g.gain_lo)}, {number(g.gain_hi)}]"
+        value = number(g.gain)
         spread = "-" if pd.isna(g.seed_spread) else f"±{g.seed_spread:.3f} ({g.seeds} sets)"
         test = "-" if pd.isna(g.mcnemar_p) else f"{g.mcnemar_p:.3g} ({g.only_dense:.0f} / {g.only_method:.0f})"
         lines.append(f"| {g.model} | {g.resolution} | {label} | {LABELS.get(g.method, g.method)} | {value} | {ci} | "
@@ -409,5 +415,7 @@ def write_all(rows: pd.DataFrame, out: str | Path, compare: bool = True, device:
 
 
 def gains_title() -> str:
-    return ("Gains over dense (method - dense; for FID/KID a negative gain is an improvement): paired 95% "
-            "intervals, the same prompts and seeds resampled on both sides")
+    return ("Gains over dense (method - dense; where lower is better (FID, KID, the miniatures' distances and "
+            "error rates) a negative gain is an improvement): paired 95% intervals, a bootstrap over prompts "
+            "resampled together on both sides (FID / KID: a delete-a-group jackknife leaving the same prompts out "
+            "on both sides)")
