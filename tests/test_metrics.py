@@ -389,3 +389,26 @@ def test_numbers_that_round_to_zero_print_without_a_sign():
                            "gain": -0.0001, "gain_lo": -0.0003, "gain_hi": 0.002, "seed_spread": float("nan"),
                            "seeds": 1, "mcnemar_p": float("nan"), "only_dense": 0, "only_method": 0}])
     assert "-0.000" not in gains_markdown(gains) and "| 0.000 | [0.000, 0.002] |" in gains_markdown(gains)
+
+
+def test_kid_leave_outs_keep_their_random_subsets():
+    """A KID jackknife leave-out uses the full run's random subsets less the images left out: all kept is
+    the value itself, and the interval measures the images, not new subset draws (redrawing them, as
+    before, widened it)."""
+    from crdiff.metrics import intervals
+    from crdiff.metrics.fid import kernel_distance, on_kept
+
+    g = torch.Generator().manual_seed(0)
+    real, fake = torch.randn(400, 8, generator=g).double(), (torch.randn(400, 8, generator=g) + 0.2).double()
+
+    def score(r, f, keep=None):
+        return kernel_distance(r, f, subsets=20, subset_size=50, keep=keep)
+
+    everything = np.arange(400)
+    assert on_kept("kid", score, real, fake, everything) == score(real, fake)
+    left = np.setdiff1d(everything, np.arange(0, 400, 20))
+    assert on_kept("kid", score, real, fake, left) != score(real, fake[torch.as_tensor(left)])
+    fixed = intervals.jackknife(lambda idx: on_kept("kid", score, real, fake, idx), 400)
+    redrawn = intervals.jackknife(lambda idx: score(real, fake[torch.as_tensor(idx)]), 400)
+    assert fixed[0] < score(real, fake) < fixed[1]
+    assert fixed[1] - fixed[0] < 0.7 * (redrawn[1] - redrawn[0])

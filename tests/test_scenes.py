@@ -335,3 +335,21 @@ def test_the_shipped_weights_are_the_recorded_training_run():
         assert hashlib.sha256((assets / name).read_bytes()).hexdigest() == digest, name
     assert sum((assets / name).stat().st_size for name in shipped) <= 80e6  # tens of MB
     assert report["finished"] and report["config"]["unet_steps"] == 6000 and report["config"]["min_snr_gamma"] == 5.0
+
+
+def test_the_detector_reads_an_image_once_for_the_four_metrics(monkeypatch):
+    """The four detector metrics score the same images: one reading each, shared, equal to a fresh one."""
+    from crdiff.metrics import scenes as metrics
+    from crdiff.miniature import scenes, scenes_detect
+
+    calls = []
+    real_read = scenes_detect.read
+    monkeypatch.setattr(scenes_detect, "read", lambda px, cap: calls.append(cap) or real_read(px, cap))
+    monkeypatch.setattr(metrics, "_READINGS", {})
+    images = [Image.fromarray(scenes.render(scenes.scene(scenes.EVAL_FIRST_SEED + i), 32, 32)) for i in range(3)]
+    captions = scenes.prompts(3)
+    found = {name: metrics.CLASSES[name]().score(images, captions) for name in metrics.DETECTOR_METRICS}
+    assert len(calls) == 3
+    fresh = [real_read(np.asarray(im.convert("RGB")), c) for im, c in zip(images, captions)]
+    assert found["scene_composition"].tolist() == [float(r.correct) for r in fresh]
+    assert found["scene_missing"].tolist() == [float(r.missing) for r in fresh]

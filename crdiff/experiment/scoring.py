@@ -78,9 +78,11 @@ def feature_interval(metric: ImageMetric, reference: torch.Tensor, features: tor
                      device: str) -> list[float] | None:
     """95% delete-a-group jackknife interval of FID / KID over the generated images (the reference stays
     fixed), computed on `device` (a GPU where there is one: each group is a covariance and an eigen-solve)."""
+    from crdiff.metrics.fid import on_kept
+
     reference, features = reference.to(device), features.to(device)
     return _floor(metric.name, intervals.jackknife(
-        lambda idx: metric.value(reference, features[torch.as_tensor(idx, device=device)]),
+        lambda idx: on_kept(metric.name, metric.value, reference, features, idx),
         len(features), cfg.feature_groups, cfg.interval_seed))
 
 
@@ -95,18 +97,18 @@ def distance(name: str, kid_subsets: int, kid_subset_size: int) -> Callable:
     from crdiff.metrics.fid import frechet, kernel_distance
 
     if name == "kid":
-        return lambda real, fake: kernel_distance(real, fake, kid_subsets, kid_subset_size)
+        return lambda real, fake, keep=None: kernel_distance(real, fake, kid_subsets, kid_subset_size, keep=keep)
     return frechet
 
 
 def kept_feature_interval(name: str, features: Path, reference: Path, cfg: MetricsConfig,
                           n_prompts: int) -> list[float] | None:
     """The jackknife interval of a stored row's FID / KID from its kept feature files (no image redrawn)."""
-    from crdiff.metrics.fid import KID_SUBSETS
+    from crdiff.metrics.fid import KID_SUBSETS, on_kept
 
     fake, real = (torch.from_numpy(np.load(f)).double() for f in (features, reference))
     value = distance(name, KID_SUBSETS, min(cfg.kid_subset_size, n_prompts))
-    return _floor(name, intervals.jackknife(lambda idx: value(real, fake[torch.as_tensor(idx)]), len(fake),
+    return _floor(name, intervals.jackknife(lambda idx: on_kept(name, value, real, fake, idx), len(fake),
                                             cfg.feature_groups, cfg.interval_seed))
 
 

@@ -36,17 +36,38 @@ def frechet(real: torch.Tensor, fake: torch.Tensor) -> float:
     return float(_compute_fid(real.mean(0), torch.cov(real.T), fake.mean(0), torch.cov(fake.T)))
 
 
-def kernel_distance(real: torch.Tensor, fake: torch.Tensor, subsets: int, subset_size: int, seed: int = 0) -> float:
+def kernel_distance(real: torch.Tensor, fake: torch.Tensor, subsets: int, subset_size: int, seed: int = 0,
+                    keep=None) -> float:
     """KID: the mean polynomial-kernel MMD over `subsets` random subsets of `subset_size` images each,
     drawn by a generator seeded `seed` from features in image-index order (so the subsets, and KID, do
-    not depend on which rank scored which image)."""
+    not depend on which rank scored which image). `keep` (generated image indices; a jackknife leave-out):
+    the same draws as over all of `fake`, less the images not kept (each real subset shortened to match),
+    so that leave-outs differ by the images left out, not by new random subsets."""
     from torchmetrics.image.kid import poly_mmd
 
     size = min(subset_size, len(real), len(fake))
     generator = torch.Generator().manual_seed(seed)
-    draws = [poly_mmd(real[torch.randperm(len(real), generator=generator)[:size]].double(),
-                      fake[torch.randperm(len(fake), generator=generator)[:size]].double()) for _ in range(subsets)]
-    return float(torch.stack(draws).mean())
+    kept = None
+    if keep is not None:
+        kept = torch.zeros(len(fake), dtype=torch.bool)
+        kept[torch.as_tensor(keep, dtype=torch.long).cpu()] = True
+    draws = []
+    for _ in range(subsets):
+        ours, theirs = torch.randperm(len(real), generator=generator)[:size], torch.randperm(len(fake), generator=generator)[:size]
+        if kept is not None:
+            theirs = theirs[kept[theirs]]
+            ours = ours[: len(theirs)]
+        if len(theirs) >= 2:  # an MMD needs two images a side
+            draws.append(poly_mmd(real[ours.to(real.device)].double(), fake[theirs.to(fake.device)].double()))
+    return float(torch.stack(draws).mean()) if draws else float("nan")
+
+
+def on_kept(name: str, score, real: torch.Tensor, fake: torch.Tensor, keep) -> float:
+    """`score(real, fake)` on the generated images `keep` only (a jackknife leave-out): KID keeps its
+    random subsets (kernel_distance's `keep`), a Fréchet distance takes the kept rows."""
+    if name == "kid":
+        return score(real, fake, keep=keep)
+    return score(real, fake[torch.as_tensor(keep, dtype=torch.long, device=fake.device)])
 
 
 class _FeatureMetric(ImageMetric):
@@ -158,5 +179,5 @@ class KID(_FeatureMetric):
         super().__init__(metric, feature_name, device)
         self.subsets, self.subset_size = subsets, subset_size
 
-    def value(self, real: torch.Tensor, fake: torch.Tensor) -> float:
-        return kernel_distance(real, fake, self.subsets, self.subset_size)
+    def value(self, real: torch.Tensor, fake: torch.Tensor, keep=None) -> float:
+        return kernel_distance(real, fake, self.subsets, self.subset_size, keep=keep)

@@ -64,12 +64,30 @@ class _DetectorScore(MeanScore):
 
     def score(self, images: list[Image.Image], prompts: list[str]) -> torch.Tensor:
         from crdiff.miniature.scenes import kinds_of
-        from crdiff.miniature.scenes_detect import read
 
         for p in prompts:  # a prompt that is no caption fails before any image is read
             kinds_of(p)
-        values = [getattr(read(np.asarray(im.convert("RGB")), p), self.reading) for im, p in zip(images, prompts)]
+        values = [getattr(read_once(np.asarray(im.convert("RGB")), p), self.reading) for im, p in zip(images, prompts)]
         return torch.tensor([float(v) for v in values], dtype=torch.float64)
+
+
+_READINGS: dict[tuple, object] = {}  # (pixels digest, shape, caption) -> the detector's reading
+_READINGS_MAX = 50_000
+
+
+def read_once(pixels: np.ndarray, caption: str):
+    """The detector's reading of one image against its caption, read once for the four detector metrics
+    (each scores the same images; the detector is a pure function of pixels and caption)."""
+    import hashlib
+
+    from crdiff.miniature.scenes_detect import read
+
+    key = (hashlib.blake2b(np.ascontiguousarray(pixels).tobytes(), digest_size=16).digest(), pixels.shape, caption)
+    if key not in _READINGS:
+        if len(_READINGS) >= _READINGS_MAX:
+            _READINGS.clear()
+        _READINGS[key] = read(pixels, caption)
+    return _READINGS[key]
 
 
 class SceneComposition(_DetectorScore):

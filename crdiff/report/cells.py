@@ -27,6 +27,7 @@ import pandas as pd
 import torch
 
 from crdiff.metrics import intervals
+from crdiff.metrics.fid import on_kept
 from crdiff.metrics.registry import BINARY_METRICS, REFERENCE_METRICS
 
 
@@ -142,7 +143,7 @@ def cell(run: pd.DataFrame, metric: str, resamples: int = intervals.RESAMPLES,
     if found is not None:
         generated, reference = [g.to(device) for g in found[0]], found[1].to(device)
         score = distance(metric, run)
-        ci = intervals.jackknife(lambda idx: float(np.mean([score(reference, g[torch.as_tensor(idx, device=device)])
+        ci = intervals.jackknife(lambda idx: float(np.mean([on_kept(metric, score, reference, g, idx)
                                                             for g in generated])),
                                  generated[0].shape[0], feature_groups, seed)
         if ci is not None and metric != "kid":  # a Fréchet distance is >= 0; KID's unbiased estimate is not
@@ -174,8 +175,8 @@ def gain(method: pd.DataFrame, dense: pd.DataFrame, metric: str, resamples: int 
             return Estimate(value, None, spread, len(method))
         score, reference = distance(metric, method), ours[1].to(device)
         a, b = [g.to(device) for g in ours[0]], [g.to(device) for g in theirs[0]]
-        ci = intervals.jackknife(lambda idx: float(np.mean([score(reference, x[torch.as_tensor(idx, device=device)])
-                                                            - score(reference, y[torch.as_tensor(idx, device=device)])
+        ci = intervals.jackknife(lambda idx: float(np.mean([on_kept(metric, score, reference, x, idx)
+                                                            - on_kept(metric, score, reference, y, idx)
                                                             for x, y in zip(a, b)])),
                                  a[0].shape[0], feature_groups, seed)  # the same groups left out on both sides
         return Estimate(value, ci, spread, len(method))
