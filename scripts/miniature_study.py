@@ -65,8 +65,9 @@ CELLS = ("- cells: value [lo, hi], the 95% bootstrap interval over prompts (seed
 def header(title: str, rows: pd.DataFrame, command: str, output_dir: str, reduced: str = "",
            prompt: str = "prompt i = digit i mod 10", cells: tuple[str, ...] = (CELLS,)) -> list[str]:
     """A study file's header: its command, provenance, sampling, reductions and how to read its cells."""
-    first = sorted(Path(output_dir, "results").glob("*.json"))[0]
-    prov = json.loads(first.read_text())["provenance"]
+    # the selected rows' own provenance (one output_dir may hold several experiments' rows)
+    prov = rows.provenance.iloc[0] if "provenance" in rows and isinstance(rows.provenance.iloc[0], dict) else \
+        json.loads(sorted(Path(output_dir, "results").glob("*.json"))[0].read_text())["provenance"]
     seeds = sorted(set(rows.seed)) if "seed" in rows else [0]
     return [f"# {title}", "", f"- command: `{command}`",
             f"- commit {prov['git_sha'][:10]}, {prov['device_name']} ({prov['device']}), torch {prov['torch']}, "

@@ -145,17 +145,18 @@ def test_documented_script_runs_or_says_why_not(command, coco, tmp_path, capsys)
         from crdiff.experiment.run import execute
 
         folder = tmp_path / "outputs"
-        experiments = {"--baselines": ("scenes_baselines", {}), "--study": ("scenes_study", {}),
-                       "--fd": ("scenes_fd", {}),
-                       "--sweep-k": ("scenes_sweep_k", {"amplify.k": "1.0,2.0,3.0"}),
-                       "--sweep-ratios": ("scenes_sweep_ratios", {"pruning.ratios.down": "0.1,0.5"})}
+        # each experiment at its own prompt count, so that a table reading another experiment's rows shows
+        experiments = {"--baselines": ("scenes_baselines", {}, 2), "--study": ("scenes_study", {}, 3),
+                       "--fd": ("scenes_fd", {}, 4),
+                       "--sweep-k": ("scenes_sweep_k", {"amplify.k": "1.0,2.0,3.0"}, 2),
+                       "--sweep-ratios": ("scenes_sweep_ratios", {"pruning.ratios.down": "0.1,0.5"}, 2)}
         named = [flag for flag in experiments if flag in args]
         assert named, args
         for flag in named:
-            experiment, sweep = experiments[flag]
+            experiment, sweep, n = experiments[flag]
             # a sweep's table takes the steps its experiment file states; the side-by-side tables leave them free
             steps = [] if sweep else ["sampler.steps=2"]
-            for _, run in planner.compose_runs([f"experiment={experiment}", "prompts.limit=2", *steps,
+            for _, run in planner.compose_runs([f"experiment={experiment}", f"prompts.limit={n}", *steps,
                                                 "sampler.batch_size=2", "resolutions.unseen=[32x32]",
                                                 "resolutions.sets=[unseen]", f"output_dir={folder}"], sweep=sweep):
                 execute(run)
@@ -166,14 +167,25 @@ def test_documented_script_runs_or_says_why_not(command, coco, tmp_path, capsys)
         tables = {"--baselines": "baselines.md", "--study": "study.md", "--fd": "fd.md", "--sweep-k": "sweep_k.md",
                   "--sweep-ratios": "sweep_ratios.md"}
         for flag in named:
+            experiment, _, n = experiments[flag]
             table = (tmp_path / "tables" / tables[flag]).read_text()
-            assert "composition↑" in table and "McNemar" in table, flag
-            if flag in ("--baselines", "--study", "--fd"):
-                assert "| random_mask |" in table and "| native_resize |" in table
+            assert f"experiment={experiment} prompts.limit={n}" in table, flag  # its own rows' command
+            assert f"- {n} images per cell" in table and "composition↑" in table and "McNemar" in table, flag
+        if "--study" in named:
+            study_md = (tmp_path / "tables" / "study.md").read_text()
+            assert "| bwp |" in study_md and "| random_mask |" in study_md and "| uniform |" not in study_md
+            assert (tmp_path / "tables" / "study_metrics_vs_resolution.png").is_file()
+        if "--fd" in named:
+            fd_md = (tmp_path / "tables" / "fd.md").read_text()
+            assert "| native_resize |" in fd_md and "| bwp |" not in fd_md
+            assert re.search(r"scene-FD↓\n\n.*\n.*\n\| dense \| \d+\.\d+ \[\d", fd_md)  # 4 images: an interval
+        if "--baselines" in named:
+            assert "| uniform |" in (tmp_path / "tables" / "baselines.md").read_text()
         if "--sweep-k" in named:
             assert "CR-Diff k=3" in (tmp_path / "tables" / "sweep_k.md").read_text()
             assert (tmp_path / "tables" / "scenes_metrics_vs_k.png").is_file()
-        if "--study" in named:
-            assert (tmp_path / "tables" / "study_metrics_vs_resolution.png").is_file()
+        if "--sweep-ratios" in named:
+            ratios = (tmp_path / "tables" / "sweep_ratios.md").read_text()
+            assert "CR-Diff 0.1 / 0.3 / 0.3" in ratios and "CR-Diff 0.5 / 0.3 / 0.3" in ratios
     else:
         pytest.fail(f"{command.program} is documented but neither run here nor in NOT_RUN with a reason")

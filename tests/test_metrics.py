@@ -309,6 +309,9 @@ def test_the_coverage_and_floor_scripts_run_as_documented(tmp_path):
     done = run("scripts/interval_coverage.py", "--n", "20", "--replicates", "4")
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.count("| 20 |") == 2 and "jackknife (20 groups)" in done.stdout
+    done = run("scripts/interval_coverage.py", "--metric", "kid", "--n", "40", "--dim", "4", "--replicates", "3")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("| 40 |") == 2 and "subsets kept" in done.stdout and "E[KID_n]" in done.stdout
     done = run("scripts/scene_fd_floor.py", "--n", "20", "--sizes", "32x32", "--out", tmp_path / "floor.md")
     assert done.returncode == 0, done.stderr[-2000:]
     table = (tmp_path / "floor.md").read_text()

@@ -240,11 +240,14 @@ def scored(p: Plan, job: Job) -> dict[str, Any] | None:
     if names and not all(path and (p.output_dir / path).is_file() for path in paths):
         return None
     ci95 = dict(old["ci95"])
-    if (old.get("intervals") or {}).get("feature_method") != intervals.FEATURE_METHOD:
-        # scored before FID / KID had the jackknife: their intervals again from the kept features
+    # scored before FID / KID had the jackknife (or KID before its leave-outs kept their subsets): those
+    # intervals again from the kept features, no image drawn
+    stale = [name for name in sorted(set(files.get("features", {})) & names)
+             if intervals.stale(old.get("intervals"), name)]
+    if stale:
         from crdiff.experiment.scoring import kept_feature_interval
 
-        for name in set(files.get("features", {})) & names:
+        for name in stale:
             ci95[name] = kept_feature_interval(name, p.output_dir / files["features"][name],
                                                p.output_dir / files["reference"][name], p.run.metrics, len(p.prompts))
     return {"metrics": old["metrics"], "ci95": ci95, "scores": files}
@@ -308,7 +311,7 @@ def row(p: Plan, job: Job, prov: dict[str, Any], scores: dict[str, Any]) -> dict
         "provenance": prov, **(scores or {"metrics": {}, "ci95": {}, "scores": {}}),
         "intervals": {"resamples": p.run.metrics.resamples, "feature_groups": p.run.metrics.feature_groups,
                       "seed": p.run.metrics.interval_seed, "level": 0.95, "method": "percentile bootstrap over prompts",
-                      "feature_method": intervals.FEATURE_METHOD,
+                      "feature_method": intervals.FEATURE_METHOD, "kid_leave_out": intervals.KID_LEAVE_OUT,
                       "kid_subsets": KID_SUBSETS, "kid_subset_size": min(p.run.metrics.kid_subset_size, len(p.prompts))},
         # how rank 0 held the pruned weights (amplify.weights resolved); kept from the last run that generated
         "weights": p.weights[job.key] if job.key in p.weights else old.get("weights"),

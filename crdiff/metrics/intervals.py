@@ -26,8 +26,10 @@ from scipy import stats
 
 RESAMPLES = 1000  # per-image means: about 1 ms per resample of 5,000 prompts
 FEATURE_GROUPS = 20  # FID / KID: delete-a-group jackknife, one recomputation of the distance per group
-# recorded in every row's `intervals`; a row scored under another scheme gets its FID / KID intervals redone
-FEATURE_METHOD = "delete-a-group jackknife over prompts, t interval; KID leave-outs keep the random subsets"
+FEATURE_METHOD = "delete-a-group jackknife over prompts, t interval"  # recorded in every row's `intervals`
+# KID's leave-outs, recorded beside it: the full run's random subsets less the images left out (rows scored
+# before drew new subsets per leave-out, which widened the interval; their KID intervals are redone)
+KID_LEAVE_OUT = "subsets kept, left-out images dropped"
 SEED = 0
 LEVEL = 0.95
 
@@ -67,6 +69,15 @@ def jackknife(statistic: Callable[[np.ndarray], float], n: int, count: int = FEA
     se = float(np.sqrt((g - 1) / g * np.sum((left_out - left_out.mean()) ** 2)))
     half = float(stats.t.ppf(0.5 + LEVEL / 2, g - 1)) * se
     return [value - half, value + half]
+
+
+def stale(settings: dict | None, metric: str) -> bool:
+    """Whether a row's stored FID / KID-like interval of `metric` (its `intervals` settings) was computed by
+    another scheme than today's: before the jackknife, or KID with redrawn subsets."""
+    settings = settings if isinstance(settings, dict) else {}
+    if settings.get("feature_method") != FEATURE_METHOD:
+        return True
+    return metric == "kid" and settings.get("kid_leave_out") != KID_LEAVE_OUT
 
 
 def mean_interval(values: np.ndarray, resamples: int = RESAMPLES, seed: int = SEED) -> list[float] | None:

@@ -113,10 +113,9 @@ def distance(metric: str, run: pd.DataFrame):
     return of_metric(metric, settings.get("kid_subsets", 100), settings.get("kid_subset_size", 1000))
 
 
-def _scheme(run: pd.DataFrame) -> str | None:
-    """How the rows' FID / KID intervals were computed when scored (None: before rows said so)."""
-    settings = run.iloc[0].get("intervals") if "intervals" in run else None
-    return settings.get("feature_method") if isinstance(settings, dict) else None
+def _stale(run: pd.DataFrame, metric: str) -> bool:
+    """Whether the rows' stored interval of FID / KID-like `metric` was computed by an earlier scheme."""
+    return intervals.stale(run.iloc[0].get("intervals") if "intervals" in run else None, metric)
 
 
 def _spread(values: list[float]) -> float | None:
@@ -133,7 +132,7 @@ def cell(run: pd.DataFrame, metric: str, resamples: int = intervals.RESAMPLES,
         return None
     per_set = [float(v) for v in _ordered(run)[metric]]
     value = float(np.mean(per_set))
-    stored = len(run) == 1 and (metric not in REFERENCE_METRICS or _scheme(run) == intervals.FEATURE_METHOD)
+    stored = len(run) == 1 and (metric not in REFERENCE_METRICS or not _stale(run, metric))
     found = None if stored else features(run, metric) if metric in REFERENCE_METRICS else None
     if len(run) == 1 and found is None:  # its interval was computed when it was scored
         row = run.iloc[0]
