@@ -39,14 +39,15 @@ def metric_vs_resolution(rows: pd.DataFrame, model: str, out: str | Path,
     if data.empty or not metrics:
         return None
     plt = _pyplot()
-    data = data.assign(pixels=data.height * data.width).sort_values("pixels")
+    # by pixel count, ties (24x32, 32x24) by height: every method's line visits the sizes in one order
+    data = data.assign(pixels=data.height * data.width).sort_values(["pixels", "height", "width"], kind="stable")
     fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 3), squeeze=False)
     for ax, metric in zip(axes[0], metrics):
         for method, group in data.groupby("method", sort=False, observed=True):
             _errorbar(ax, group.resolution, group, metric, label="CR-Diff" if method == "crdiff" else method)
         ax.set_title(METRICS[metric][0])
         ax.tick_params(axis="x", rotation=45)
-    axes[0][0].legend()
+    axes[0][0].legend(fontsize=7)
     fig.suptitle(f"{model}: metrics vs resolution (HxW)")
     fig.tight_layout()
     path = Path(out) / (name or f"{model}_metrics_vs_resolution.png")
