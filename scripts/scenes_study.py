@@ -86,6 +86,25 @@ def sweep(output_dir: str, experiment: str, by: tuple[str, ...]) -> tuple[list[s
     return [*lines, *gains_section(found), *cost_sections(cells, index)], found, cells
 
 
+def method_grids(output_dir: str, experiment: str, out: Path, columns: int = 8) -> list[Path]:
+    """Per size `grid_study_<HxW>.png`: a row per method (METHODS' order), the first `columns` evaluation
+    prompts of the first seed set, the same prompts and seeds in every row."""
+    from PIL import Image
+
+    from crdiff.miniature.scenes_study import grid
+
+    rows, _ = study_cells(output_dir, experiment, by=("k", "steps", "guidance"))
+    rows = ordered(rows[rows.seed == rows.seed.min()]).sort_values("method")
+    written = []
+    for resolution, mine in rows.groupby("resolution", sort=False):
+        images = {m: [Image.open(Path(d) / f"{i:05d}.png").convert("RGB") for i in range(columns)]
+                  for m, d in zip(mine.method, mine.image_dir)}
+        path = out / f"grid_study_{resolution}.png"
+        grid(images, path, columns)
+        written.append(path)
+    return written
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     for name in ("baselines", "study", "fd", "sweep_k", "sweep_ratios"):
@@ -110,6 +129,7 @@ def main(argv=None) -> int:
         lines, found, cells = comparison(args.study, "scenes_study",
                                          "Scenes miniature: the study below the training size")
         write("study", lines, found)
+        written.extend(method_grids(args.study, "scenes_study", out))
         written.append(metric_vs_resolution(cells, "scenes", out, methods=tuple(cells.method.cat.categories),
                                             name="study_metrics_vs_resolution.png"))
     if args.fd:
