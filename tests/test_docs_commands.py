@@ -141,6 +141,12 @@ def test_documented_script_runs_or_says_why_not(command, coco, tmp_path, capsys)
             sys.argv = old_argv
             torch.set_num_threads(threads)
         assert (out / "failure.md").is_file() and len((out / "failure.csv").read_text().splitlines()) == 1 + 2 * 2
+    elif command.program == "scripts/pruning_effect.py":  # the shipped models, shortened
+        out = tmp_path / "effect.md"
+        assert script(command.program).main(["--prompts", "2", "--steps", "2", "--sizes", "32x32", "--ratios", "0.3",
+                                             "--out", str(out)]) == 0
+        rows = [line for line in out.read_text().splitlines() if line.startswith("| scenes") or line.startswith("| digits")]
+        assert len(rows) == 2 and all(float(r.split("|")[5].split()[0]) > 0 for r in rows)
     elif command.program == "scripts/scenes_study.py":  # the rows of tiny runs of the experiments it reads, then tables
         from crdiff.experiment.run import execute
 
