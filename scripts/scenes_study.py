@@ -48,12 +48,17 @@ def command(rows: pd.DataFrame, experiment: str, extra: str = "") -> str:
             f"prompts.limit={rows.n_images.iloc[0]}{sweep}{extra}")
 
 
-def comparison(output_dir: str, experiment: str, title: str) -> tuple[list[str], pd.DataFrame, pd.DataFrame]:
+def comparison(output_dir: str, experiment: str, title: str,
+               extra: str = "") -> tuple[list[str], pd.DataFrame, pd.DataFrame]:
     """(lines, gains over dense and over CR-Diff, cells) of a side-by-side run (scenes_baselines, scenes_study)."""
     # k, steps and guidance left free: bwp is k = 1 and dense_steps2x changes the steps by design
     rows, cells = study_cells(output_dir, experiment, by=("k", "steps", "guidance"))
     cells = ordered(cells)
-    lines = header(title, rows, command(rows, experiment), output_dir, prompt="evaluation prompt i", cells=CELLS)
+    lines = header(title, rows, command(rows, experiment, extra), output_dir, prompt="evaluation prompt i", cells=CELLS)
+    ratios = rows[rows.method == "crdiff"].drop_duplicates("resolution")
+    lines += ["CR-Diff's ratios (down / mid / up): " + ", ".join(
+        f"{r} {d:.2f} / {m:.2f} / {u:.2f} ({src})" for r, d, m, u, src in
+        zip(ratios.resolution, ratios.ratio_down, ratios.ratio_mid, ratios.ratio_up, ratios.ratios_source)), ""]
     drawn = rows[rows.method == "native_resize"].drop_duplicates("resolution")
     lines += ["native_resize draws at: " + ", ".join(f"{r} from {d}" for r, d in zip(drawn.resolution, drawn.drawn_at))
               + " (centre crop to the target aspect, then Lanczos)", ""]
@@ -61,7 +66,8 @@ def comparison(output_dir: str, experiment: str, title: str) -> tuple[list[str],
         lines += [f"## {METRICS[metric][0]}", "", pivot(cells, ["method"], metric), ""]
     found = gains(rows)
     versus = gains(rows[rows.method.isin(["crdiff", "native_resize", "random_mask"])], baseline="crdiff")
-    lines += [*gains_section(found), *gains_section(versus, "crdiff"), *cost_sections(cells, ["method"])]
+    lines += [*(gains_section(found) if not found.empty else []),
+              *(gains_section(versus, "crdiff") if not versus.empty else []), *cost_sections(cells, ["method"])]
     both = pd.concat([found.assign(baseline="dense"), versus.assign(baseline="crdiff")], ignore_index=True)
     return lines, both, cells
 
@@ -97,22 +103,23 @@ def method_grids(output_dir: str, experiment: str, out: Path, columns: int = 8) 
     rows = ordered(rows[rows.seed == rows.seed.min()]).sort_values("method")
     written = []
     for resolution, mine in rows.groupby("resolution", sort=False):
-        images = {m: [Image.open(Path(d) / f"{i:05d}.png").convert("RGB") for i in range(columns)]
+        shown = min(columns, int(mine.n_images.min()))
+        images = {m: [Image.open(Path(d) / f"{i:05d}.png").convert("RGB") for i in range(shown)]
                   for m, d in zip(mine.method, mine.image_dir)}
         path = out / f"grid_study_{resolution}.png"
-        grid(images, path, columns)
+        grid(images, path, shown)
         written.append(path)
     return written
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    for name in ("baselines", "study", "fd", "sweep_k", "sweep_ratios"):
+    for name in ("baselines", "study", "fd", "search30", "sweep_k", "sweep_ratios"):
         parser.add_argument(f"--{name.replace('_', '-')}", help=f"output_dir of the scenes_{name} run(s)")
     parser.add_argument("--out", default="results/miniature_scenes")
     args = parser.parse_args(argv)
-    if not any((args.baselines, args.study, args.fd, args.sweep_k, args.sweep_ratios)):
-        parser.error("name at least one of --baselines, --study, --fd, --sweep-k, --sweep-ratios")
+    if not any((args.baselines, args.study, args.fd, args.search30, args.sweep_k, args.sweep_ratios)):
+        parser.error("name at least one of --baselines, --study, --fd, --search30, --sweep-k, --sweep-ratios")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     written = []
@@ -135,6 +142,10 @@ def main(argv=None) -> int:
     if args.fd:
         lines, found, _ = comparison(args.fd, "scenes_fd", "Scenes miniature: scene-FD on 2,000 images per cell")
         write("fd", lines, found)
+    if args.search30:  # experiment=scenes with the 30-prompt search's presets
+        lines, found, _ = comparison(args.search30, "scenes", "Scenes miniature: CR-Diff with the 30-prompt search's "
+                                     "presets", " pruning.search_protocol=scenes_search30")
+        write("search30_study", lines, found)
     if args.sweep_k:
         lines, found, cells = sweep(args.sweep_k, "scenes_sweep_k", ("k",))
         write("sweep_k", lines, found)

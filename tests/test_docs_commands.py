@@ -153,7 +153,7 @@ def test_documented_script_runs_or_says_why_not(command, coco, tmp_path, capsys)
         folder = tmp_path / "outputs"
         # each experiment at its own prompt count, so that a table reading another experiment's rows shows
         experiments = {"--baselines": ("scenes_baselines", {}, 2), "--study": ("scenes_study", {}, 3),
-                       "--fd": ("scenes_fd", {}, 4),
+                       "--fd": ("scenes_fd", {}, 4), "--search30": ("scenes", {}, 5),
                        "--sweep-k": ("scenes_sweep_k", {"amplify.k": "1.0,2.0,3.0"}, 2),
                        "--sweep-ratios": ("scenes_sweep_ratios", {"pruning.ratios.down": "0.1,0.5"}, 2)}
         named = [flag for flag in experiments if flag in args]
@@ -162,6 +162,8 @@ def test_documented_script_runs_or_says_why_not(command, coco, tmp_path, capsys)
             experiment, sweep, n = experiments[flag]
             # a sweep's table takes the steps its experiment file states; the side-by-side tables leave them free
             steps = [] if sweep else ["sampler.steps=2"]
+            if flag == "--search30":  # no 30-prompt preset here: CR-Diff falls back to pruning.ratios, said so
+                steps += ["pruning.search_protocol=scenes_search30", "methods=[dense,crdiff]"]
             for _, run in planner.compose_runs([f"experiment={experiment}", f"prompts.limit={n}", *steps,
                                                 "sampler.batch_size=2", "resolutions.unseen=[32x32]",
                                                 "resolutions.sets=[unseen]", f"output_dir={folder}"], sweep=sweep):
@@ -170,8 +172,8 @@ def test_documented_script_runs_or_says_why_not(command, coco, tmp_path, capsys)
         args = [str(folder) if a in study else str(tmp_path / "tables") if a.startswith("results/") else a
                 for a in args]
         assert script(command.program).main(args) == 0
-        tables = {"--baselines": "baselines.md", "--study": "study.md", "--fd": "fd.md", "--sweep-k": "sweep_k.md",
-                  "--sweep-ratios": "sweep_ratios.md"}
+        tables = {"--baselines": "baselines.md", "--study": "study.md", "--fd": "fd.md", "--search30": "search30_study.md",
+                  "--sweep-k": "sweep_k.md", "--sweep-ratios": "sweep_ratios.md"}
         for flag in named:
             experiment, _, n = experiments[flag]
             table = (tmp_path / "tables" / tables[flag]).read_text()
