@@ -97,10 +97,19 @@ def pivot(cells: pd.DataFrame, index: list[str], metric: str) -> str:
     """One line per `index` value, one column per resolution: `value [lo, hi] (seeds ±s)` of one run per cell
     (`cells` from crdiff.report.tables.aggregate: a second run of a cell was refused before)."""
     lo, hi, spread = f"{metric}_lo", f"{metric}_hi", f"{metric}_spread"
+    if metric in COST:  # a cost: its own format (calls/img as integers), no interval
+        text = [COST[metric][1].format(v) for v in cells[metric]]
+        table = cells.assign(text=text).pivot(index=index, columns="resolution", values="text")
+        return _markdown(cells, table, index)
     text = [with_interval(v, *((cells.at[i, lo], cells.at[i, hi]) if lo in cells else ()))
             + ("" if spread not in cells or pd.isna(cells.at[i, spread]) else f" (seeds ±{cells.at[i, spread]:.3f})")
             for i, v in cells[metric].items()]
     table = cells.assign(text=text).pivot(index=index, columns="resolution", values="text")
+    return _markdown(cells, table, index)
+
+
+def _markdown(cells: pd.DataFrame, table: pd.DataFrame, index: list[str]) -> str:
+    """A pivoted table as Markdown, resolutions by size."""
     order = list(dict.fromkeys(cells.sort_values(["height", "width"]).resolution))
     table = table[[r for r in order if r in table.columns]]
     lines = ["| " + " | ".join(index + list(table.columns)) + " |", "|" + "---|" * (len(index) + len(table.columns))]

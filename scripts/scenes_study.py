@@ -29,6 +29,7 @@ from crdiff.report.tables import METRICS, gains
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the digits study's table helpers, beside this script
 from miniature_study import cost_sections, gains_by, gains_section, header, ordered, pivot, study_cells  # noqa: E402
 
+UNSEEN = ("32x32", "24x32", "32x24")  # conf/resolutions/scenes.yaml's unseen sizes
 NAMES = ["scene_composition", "scene_duplication", "scene_missing", "scene_count_error", "scene_fd"]
 
 
@@ -44,6 +45,9 @@ def command(rows: pd.DataFrame, experiment: str, extra: str = "") -> str:
     sweep = f" sampler.seed={','.join(map(str, seeds))}" if len(seeds) > 1 else (
         f" sampler.seed={seeds[0]}" if seeds[0] != 0 else "")
     multi = len(seeds) > 1 or experiment.startswith("scenes_sweep")
+    unseen = list(dict.fromkeys(rows[rows.setting == "unseen"].resolution)) if "setting" in rows else []
+    if unseen and set(unseen) != set(UNSEEN):  # fewer sizes than conf/resolutions/scenes.yaml's
+        extra += f" 'resolutions.unseen=[{','.join(unseen)}]'"
     return (f"python -m crdiff.run{' -m' if multi else ''} experiment={experiment} "
             f"prompts.limit={rows.n_images.iloc[0]}{sweep}{extra}")
 
