@@ -64,7 +64,7 @@ def comparison(output_dir: str, experiment: str, title: str,
         f"{r} {d:.2f} / {m:.2f} / {u:.2f} ({src})" for r, d, m, u, src in
         zip(ratios.resolution, ratios.ratio_down, ratios.ratio_mid, ratios.ratio_up, ratios.ratios_source)), ""]
     drawn = rows[rows.method == "native_resize"].drop_duplicates("resolution")
-    lines += ["native_resize draws at: " + ", ".join(f"{r} from {d}" for r, d in zip(drawn.resolution, drawn.drawn_at))
+    lines += [] if drawn.empty else ["native_resize draws at: " + ", ".join(f"{r} from {d}" for r, d in zip(drawn.resolution, drawn.drawn_at))
               + " (centre crop to the target aspect, then Lanczos)", ""]
     for metric in NAMES:
         lines += [f"## {METRICS[metric][0]}", "", pivot(cells, ["method"], metric), ""]
@@ -148,7 +148,7 @@ def main(argv=None) -> int:
         write("fd", lines, found)
     if args.search30:  # experiment=scenes with the 30-prompt search's presets
         lines, found, _ = comparison(args.search30, "scenes", "Scenes miniature: CR-Diff with the 30-prompt search's "
-                                     "presets", " pruning.search_protocol=scenes_search30")
+                                     "presets", " pruning.search_protocol=scenes_search30 'methods=[dense,crdiff]' 'resolutions.sets=[unseen]'")
         write("search30_study", lines, found)
     if args.sweep_k:
         lines, found, cells = sweep(args.sweep_k, "scenes_sweep_k", ("k",))
