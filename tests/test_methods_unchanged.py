@@ -7,6 +7,13 @@ sha256 of its pixels as stored (uint8 PNG). A method whose images change on purp
 its own commit, saying why. The image keys changed on purpose twice since (issue 22: images are keyed by
 the prompt set before `prompts.limit` cuts it; issue 21: `model.safety_checker` joined ModelConfig, whose
 every field joins the key); every pixel hash stayed.
+
+Pixels: on the recording machine the hashes held exactly. On other CPUs (this project's 2-core machine
+became an AVX-512 / AMX Xeon on 2026-12-05), and between runs there, MKL's float rounding flips a uint8 level
+here and there (seen: at most 1 level, under 1% of pixels, identical code). So an image whose hash differs
+from its record is compared with the same image as drawn there by the same code before this session's
+changes (commit 8e51c07; `tests/data/methods_unchanged/<folder>.png`): at most 1 level off in at most 1% of
+its values. Any change to a method moves its pixels far more than that.
 """
 
 import hashlib
@@ -16,7 +23,9 @@ from PIL import Image
 
 from crdiff.experiment.run import execute
 
-from test_run import compose_run
+from test_run import ROOT, compose_run
+
+DATA = ROOT / "tests" / "data" / "methods_unchanged"
 
 OLD = ["dense", "crdiff", "bwp", "uniform", "random_mask", "wanda", "freeu", "entropy", "native_resize"]
 EXPECTED = {
@@ -48,4 +57,14 @@ def test_every_old_method_makes_the_same_images_under_the_same_keys(tmp_path):
     root = tmp_path / "images" / "tiny-sdxl"
     found = {str(p.parent.relative_to(root)): hashlib.sha256(np.asarray(Image.open(p)).tobytes()).hexdigest()[:16]
              for p in sorted(root.glob("*/*/*.png"))}
-    assert found == EXPECTED
+    assert found.keys() == EXPECTED.keys()  # the run keys: exactly
+    # the same computation under three names (native_resize at its training size is dense; entropy at the
+    # training size scales nothing): equal to the bit on any machine
+    assert found["dense-dd9b38e0dd/64x64"] == found["entropy-bde422b83c/64x64"] == found["native_resize-d05883189c/64x64"]
+    for folder, digest in found.items():
+        if digest == EXPECTED[folder]:
+            continue
+        ours = np.asarray(Image.open(root / folder / "00000.png")).astype(int)
+        recorded = np.asarray(Image.open(DATA / f"{folder}.png")).astype(int)
+        off = np.abs(ours - recorded)
+        assert off.max() <= 1 and (off > 0).mean() <= 0.01, (folder, int(off.max()), float((off > 0).mean()))
