@@ -34,7 +34,7 @@ NAMES = ["scene_composition", "scene_duplication", "scene_missing", "scene_count
 
 
 CELLS = ("- cells: value [lo, hi], the 95% bootstrap interval over prompts (scene-FD: a delete-a-group jackknife "
-         "over prompts), and with several seed sets the standard deviation of the per-set values (seeds ±s); bold: better than the other side of a paired 95% interval over dense that excludes 0",
+         "over prompts), and with several seed sets the standard deviation of the per-set values (seeds ±s); which differences are real: the paired gains below (an interval over dense, McNemar's p)",
          "- scene-FD floor (real scenes against the reference, `scene_fd_floor.md`): read a scene-FD cell "
          "against it at its size and sample size, not against 0")
 
@@ -144,7 +144,7 @@ def main(argv=None) -> int:
         written.append(metric_vs_resolution(cells, "scenes", out, methods=tuple(cells.method.cat.categories),
                                             name="study_metrics_vs_resolution.png"))
     if args.fd:
-        lines, found, _ = comparison(args.fd, "scenes_fd", "Scenes miniature: scene-FD on 2,000 images per cell")
+        lines, found, _ = comparison(args.fd, "scenes_fd", "Scenes miniature: scene-FD on the scenes_fd run's images")
         write("fd", lines, found)
     if args.search30:  # experiment=scenes with the 30-prompt search's presets
         lines, found, _ = comparison(args.search30, "scenes", "Scenes miniature: CR-Diff with the 30-prompt search's "

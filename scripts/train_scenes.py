@@ -1,6 +1,6 @@
 """Train the scenes miniature (SDXL's UNet layout, 64x64 only) and the scene encoder that ship inside crdiff.
 
-    python scripts/train_scenes.py           # ~70 min on 2 idle CPU cores; rewrites crdiff/assets/scenes-t2i/
+    python scripts/train_scenes.py           # about 65 min on 2 idle CPU cores; rewrites crdiff/assets/scenes-t2i/
     python scripts/train_scenes.py --out /tmp/scenes --work /tmp/scenes-work --unet-steps 20   # a quick look
 
 Resumable: run the same command again after a stop and it continues from the last checkpoint in --work
