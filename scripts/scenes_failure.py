@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import platform
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from crdiff.experiment.results import cpu_name
 from crdiff.miniature import scenes, scenes_study
 from crdiff.models import Resolution
 
@@ -77,7 +77,7 @@ def main() -> None:
     report = "\n".join([
         "# Scenes miniature: the failure first (dense)", "",
         f"- command: `{' '.join(['python scripts/scenes_failure.py', *sys.argv[1:]])}`",
-        f"- model: {model}; commit {commit or '?'}, {platform.machine()}, torch {torch.__version__}",
+        f"- model: {model}; commit {commit or '?'}, {cpu_name()}, torch {torch.__version__}",
         f"- {args.prompts} evaluation prompts (image i: prompt i, seed {args.seed} + i, the same at every size), "
         f"DDIM {args.steps} steps, guidance {args.guidance}",
         "- readings: composition (every asked kind in its count, nothing else), count error |found - asked|, "

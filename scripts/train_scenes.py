@@ -5,8 +5,10 @@
 
 Resumable: run the same command again after a stop and it continues from the last checkpoint in --work
 (same weights as one uninterrupted run); --stop-after N ends a run after N UNet steps on purpose.
-Deterministic for a fixed --threads (default 2, the threads the shipped weights were trained with); train on an
-idle machine: two OpenMP threads beside other CPU work spin-wait on each other (10x slower).
+Bit-deterministic on one machine for a fixed --threads (default 2, the threads the shipped weights were trained
+with); another CPU rounds differently and trains other weights from the same recipe: scripts/scenes_rebuild.py
+compares a rebuild with the shipped weights. Train on an idle machine: two OpenMP threads beside other CPU work
+spin-wait on each other (10x slower).
 Records timings, the encoder's held-out accuracy and the SHA-256 of every weight file written in
 --report (default results/miniature_scenes/training.json).
 """
@@ -17,10 +19,10 @@ import argparse
 import hashlib
 import json
 import logging
-import platform
 import subprocess
 from pathlib import Path
 
+from crdiff.experiment.results import cpu_name
 from crdiff.miniature import scenes
 from crdiff.miniature.scenes_train import TrainConfig, train
 
@@ -57,7 +59,7 @@ def main() -> None:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     report.update(config={k: v for k, v in vars(cfg).items() if k not in ("unet", "text_encoder")},
                   sha256={str(p.relative_to(args.out)): sha256(p) for p in weights}, commit=commit or None,
-                  machine=f"{platform.machine()} {platform.processor() or ''}".strip(), threads=cfg.threads)
+                  machine=cpu_name(), threads=cfg.threads)
     args.report.parent.mkdir(parents=True, exist_ok=True)
     args.report.write_text(json.dumps(report, indent=1) + "\n")
     print(json.dumps(report, indent=1))

@@ -3,7 +3,7 @@
     python scripts/train_tiny_t2i.py            # ~13 min on 2 CPU cores; rewrites crdiff/assets/
     python scripts/train_tiny_t2i.py --out /tmp/digits --unet-steps 50   # a quick look elsewhere
 
-Data: scikit-learn's bundled digits (offline). Deterministic for a fixed --threads (default 2, the
+Data: scikit-learn's bundled digits (offline). Bit-deterministic on one machine for a fixed --threads (default 2, the
 threads the shipped weights were trained with). Prints and records timings and the classifier's
 held-out accuracy in --report (default results/miniature/training.json).
 """
@@ -13,10 +13,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import platform
 import subprocess
 from pathlib import Path
 
+from crdiff.experiment.results import cpu_name
 from crdiff.miniature import digits
 from crdiff.miniature.train import TrainConfig, train
 
@@ -34,7 +34,7 @@ def main() -> None:
     report = train(cfg, args.out / digits.PIPELINE_DIR.name, args.out / digits.CLASSIFIER_FILE.name)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     report.update(config={k: v for k, v in vars(cfg).items() if k != "unet"}, commit=commit or None,
-                  machine=f"{platform.machine()} {platform.processor() or ''}".strip(), threads=cfg.threads)
+                  machine=cpu_name(), threads=cfg.threads)
     args.report.parent.mkdir(parents=True, exist_ok=True)
     args.report.write_text(json.dumps(report, indent=1) + "\n")
     print(json.dumps(report, indent=1))

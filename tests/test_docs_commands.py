@@ -30,6 +30,8 @@ NOT_RUN = {
                                   "tens of CPU minutes); tests/test_digits.py runs it on a shortened k sweep",
     "scripts/train_scenes.py": "trains the scenes model for about an hour of CPU; tests/test_scenes.py runs the same "
                                "command on a few steps, stopped and resumed",
+    "scripts/scenes_rebuild.py": "compares a finished rebuild of the scenes model (an hour of CPU) with the shipped "
+                                 "weights; tests/test_scenes.py runs it on tiny runs, identical and apart",
     "scripts/gpu_check.sh": "needs a GPU (it falls back to the CPU only to check itself, minutes); run on a GPU node",
 }
 PLACEHOLDERS = {"<you>": "me", "<yours>": "gpu", "<commit>": "0" * 40}

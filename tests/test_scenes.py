@@ -3,6 +3,7 @@ evaluated size), the exact metrics, the SDXL layout, and training that resumes t
 
 import csv
 import json
+import re
 import subprocess
 import sys
 from collections import Counter
@@ -211,13 +212,26 @@ def test_missing_bundled_scenes_model_names_the_training_script(monkeypatch, tmp
     assert said.count("\n") == 1 and "train_scenes.py" in said and "Traceback" not in said
 
 
-def _train(tmp_path, *args):
+def _train(tmp_path, *args, env=ENV):
     done = subprocess.run(
         [sys.executable, "scripts/train_scenes.py", "--encoder-steps", "2", "--vae-steps", "2", "--unet-steps", "4",
          "--batch-size", "4", "--vae-batch-size", "2", "--checkpoint-every", "2", *args],
-        cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout
+
+
+def _run(tmp_path, letter: str, env=ENV):
+    """A tiny training run into tmp_path/<letter>, its report tmp_path/<letter>.json."""
+    return _train(tmp_path, "--out", str(tmp_path / letter), "--work", str(tmp_path / f"w{letter}"),
+                  "--report", str(tmp_path / f"{letter}.json"), env=env)
+
+
+def _check(tmp_path, rebuilt: str, against: str, *extra):
+    return subprocess.run(
+        [sys.executable, "scripts/scenes_rebuild.py", "--rebuilt", str(tmp_path / rebuilt), "--report",
+         str(tmp_path / f"{rebuilt}.json"), "--against", str(tmp_path / against), "--against-report",
+         str(tmp_path / f"{against}.json"), *extra], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
 
 
 @pytest.mark.slow
@@ -238,6 +252,11 @@ def test_training_resumes_to_the_same_weights_and_the_model_loads_and_scores(tmp
     for name in (n for n in a["sha256"] if n.endswith(".safetensors")):
         wa, wb = load_file(tmp_path / "a" / name), load_file(tmp_path / "b" / name)
         assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    # the rebuild check says so, drawing no image
+    done = _check(tmp_path, "b", "a", "--out", str(tmp_path / "check"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "bit for bit" in (tmp_path / "check" / "rebuild.md").read_text()
+    assert not (tmp_path / "check" / "rebuild.csv").exists()
 
     pipe = load_pipeline(str(tmp_path / "a" / "scenes-t2i"))
     assert type(pipe).__name__ == "StableDiffusionPipeline"
@@ -274,6 +293,55 @@ def test_training_resumes_to_the_same_weights_and_the_model_loads_and_scores(tmp
             ("64x64", "0"), ("64x64", "1"), ("64x64", "2"), ("24x32", "0"), ("24x32", "1"), ("24x32", "2")]
     report = (study / "failure.md").read_text()
     assert "UNet step 4" in report and "after the model's VAE" in report and (study / "grid_failure.png").is_file()
+
+
+# Another CPU, simulated: torch's ATen kernels without vector instructions, oneDNN capped at SSE4.1 and MKL in
+# its compatible mode round differently from this machine's defaults, as another machine's vector units do.
+OTHER_CPU = {**ENV, "ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41", "MKL_CBWR": "COMPATIBLE"}
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(torch.backends.cpu.get_cpu_capability() == "DEFAULT", reason="this CPU has no vector "
+                    "instructions for torch to give up, so another CPU cannot be simulated here")
+def test_a_rebuild_on_another_cpu_differs_and_the_check_compares_the_models(tmp_path):
+    """The same recipe on another CPU trains other weights; the check says how far apart, draws the same
+    prompts and seeds with both and reads them. A rebuild of another recipe is refused before any work."""
+    _run(tmp_path, "a")
+    _run(tmp_path, "c", env=OTHER_CPU)
+    a, c = json.loads((tmp_path / "a.json").read_text()), json.loads((tmp_path / "c.json").read_text())
+    assert a["config"] == c["config"] and a["sha256"] != c["sha256"] and a["machine"] != c["machine"]
+
+    out = tmp_path / "check"
+    done = _check(tmp_path, "c", "a", "--prompts", "2", "--sizes", "24x32", "--steps", "2", "--batch-size", "2",
+                  "--out", str(out))
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = (out / "rebuild.md").read_text()
+    apart = [(int(e), int(n), float(d)) for e, n, d in re.findall(r"(\d+) / (\d+) tensors equal, relative L2 (\S+) \|",
+                                                                  report)]
+    assert apart and any(e < n and d > 0 for e, n, d in apart)
+    assert [line.split("|")[2].strip() for line in report.splitlines() if line.startswith("| 24x32 |")] == [
+        "composition", "count_error", "duplication", "missing"]
+    with (out / "rebuild.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert sorted((r["model"], r["index"]) for r in rows) == [
+        ("rebuilt", "0"), ("rebuilt", "1"), ("shipped", "0"), ("shipped", "1")]
+    pairs = {}
+    for r in rows:  # the two models drew each image from the same prompt and seed
+        pairs.setdefault(r["index"], set()).add((r["prompt"], r["seed"]))
+    assert all(len(p) == 1 for p in pairs.values())
+
+    other = json.loads((tmp_path / "c.json").read_text())
+    other["config"]["seed"] = 1
+    (tmp_path / "d.json").write_text(json.dumps(other))
+    (tmp_path / "d").symlink_to(tmp_path / "c")
+    done = _check(tmp_path, "d", "a", "--out", str(tmp_path / "refused"))
+    assert done.returncode == 2 and "recipe differs from the shipped one's in seed" in done.stderr
+    assert not (tmp_path / "refused").exists()
+    # a folder whose files are not its report's run: refused, not compared
+    (tmp_path / "c.json").write_text(json.dumps({**c, "sha256": a["sha256"]}))
+    done = _check(tmp_path, "c", "a", "--out", str(tmp_path / "refused"))
+    assert done.returncode == 2 and "not the file its report records" in done.stderr
+    assert not (tmp_path / "refused").exists()
 
 
 def test_vae_ceiling_reads_the_scenes_through_the_vae():

@@ -13,13 +13,28 @@ from typing import Any
 from crdiff import atomic
 
 
+def cpu_name() -> str:
+    """The CPU's model and the vector instructions torch's kernels use here (e.g. 'Intel(R) Xeon(R)
+    Processor, AVX512'). Float rounding follows them: the same code and seeds give images a uint8 level
+    apart, and trained weights that drift apart, on another CPU (results/miniature_scenes/rebuild.md)."""
+    import torch
+
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{name}, {torch.backends.cpu.get_cpu_capability()}"
+
+
 def device_name(device) -> str:
-    """The accelerator's name for a CUDA device (e.g. 'NVIDIA H100 80GB HBM3'), else the CPU's."""
+    """The accelerator's name for a CUDA device (e.g. 'NVIDIA H100 80GB HBM3'), else the CPU's (`cpu_name`)."""
     import torch
 
     if str(device).startswith("cuda") and torch.cuda.is_available():
         return torch.cuda.get_device_name(torch.device(device))
-    return platform.processor() or platform.machine()
+    return cpu_name()
 
 
 def provenance(device: str = "cpu", machine=None) -> dict[str, Any]:

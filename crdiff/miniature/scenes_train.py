@@ -1,10 +1,11 @@
 """Training of the scenes miniature (`scripts/train_scenes.py`): the scene encoder (features of the
 miniature Fréchet distance), a VAE, then an SDXL-layout UNet with its CLIP text encoder at 64x64 only.
 
-Deterministic for a given thread count, and resumable: every stage writes its result into a work
-folder, the UNet stage checkpoints every `checkpoint_every` steps, and every random draw of a step comes
-from a generator seeded by (seed, stage, step), so a run stopped and started again gives the same
-weights as one run through. The result is a stock `StableDiffusionPipeline` folder; SDXL's size
+Bit-deterministic on one machine for a given thread count (another CPU's vector instructions round
+differently and train other weights: scripts/scenes_rebuild.py), and resumable: every stage writes its
+result into a work folder, the UNet stage checkpoints every `checkpoint_every` steps, and every random draw
+of a step comes from a generator seeded by (seed, stage, step), so a run stopped and started again gives
+the same weights as one run through. The result is a stock `StableDiffusionPipeline` folder; SDXL's size
 micro-conditioning (`added_cond_kwargs`) is left out: the model is trained at one size only.
 """
 
@@ -38,9 +39,9 @@ SHARD = "15MB"  # the UNet (48 MB in fp32) is written in shards, so no file of t
 @dataclass
 class TrainConfig:
     seed: int = 0
-    # Bit-reproducible for a fixed thread count (1 and 2 threads give different weights). Two threads on
-    # an idle 2-core machine: 0.60 s per UNet step against 0.87 s with one; but on a machine shared with
-    # other work two OpenMP threads spin-wait on each other (measured: 8-33 s per step), so train alone.
+    # Bit-reproducible on one machine for a fixed thread count (1 and 2 threads give different weights).
+    # Two threads on an idle 2-core machine: 0.60 s per UNet step against 0.87 s with one; but on a machine
+    # shared with other work two OpenMP threads spin-wait on each other (measured: 8-33 s per step).
     threads: int = 2
     encoder_steps: int = 300
     vae_steps: int = 1200

@@ -1,5 +1,6 @@
 """Training of the miniature (`scripts/train_tiny_t2i.py`): the digit classifier, a VAE, then the UNet and
-its CLIP text encoder on captioned digits at 32x32 only. Deterministic for a given thread count.
+its CLIP text encoder on captioned digits at 32x32 only. Bit-deterministic on one machine for a given
+thread count.
 
 The result is a stock `StableDiffusionPipeline` folder (AutoencoderKL with a 4x latent, CLIPTextModel with
 the real CLIP tokenizer, UNet2DConditionModel with SD's attn1 / attn2 / ff blocks, DDIM sampler).
@@ -28,7 +29,7 @@ SCHEDULE = dict(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_st
 @dataclass
 class TrainConfig:
     seed: int = 0
-    threads: int = 2  # results are bit-reproducible for a fixed thread count
+    threads: int = 2  # results are bit-reproducible on one machine for a fixed thread count
     classifier_steps: int = 600
     vae_steps: int = 400
     unet_steps: int = 1500
