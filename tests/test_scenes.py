@@ -222,9 +222,11 @@ def _train(tmp_path, *args, env=ENV):
 
 
 def _run(tmp_path, letter: str, env=ENV):
-    """A tiny training run into tmp_path/<letter>, its report tmp_path/<letter>.json."""
-    return _train(tmp_path, "--out", str(tmp_path / letter), "--work", str(tmp_path / f"w{letter}"),
-                  "--report", str(tmp_path / f"{letter}.json"), env=env)
+    """A tiny training run into tmp_path/<letter>, its report (by default <out>/training.json) copied to
+    tmp_path/<letter>.json."""
+    out = _train(tmp_path, "--out", str(tmp_path / letter), "--work", str(tmp_path / f"w{letter}"), env=env)
+    (tmp_path / f"{letter}.json").write_bytes((tmp_path / letter / "training.json").read_bytes())
+    return out
 
 
 def _check(tmp_path, rebuilt: str, against: str, *extra):
